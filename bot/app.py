@@ -1,0 +1,78 @@
+"""Wiring: build the store, model and core from settings; run the adapters until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+
+from adapters import Adapter
+from adapters.http import HttpAdapter
+from bot.config import Settings
+from bot.core import BotCore
+from bot.model import ModelClient, OpenAIModel
+from storage.sqlite import SqliteStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The long-lived objects one process shares."""
+
+    settings: Settings
+    store: SqliteStore
+    model: ModelClient
+    core: BotCore
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, model: ModelClient | None = None) -> AsyncIterator[Runtime]:
+    """Open everything; on exit, finish in-flight answers (bounded), then close."""
+    store = await SqliteStore.open(settings.db_path)
+    model = model or OpenAIModel.from_settings(settings)
+    core = BotCore(settings, store, model)
+    try:
+        yield Runtime(settings, store, model, core)
+    finally:
+        await core.close(settings.shutdown_timeout_s)
+        await model.aclose()
+        await store.close()
+
+
+def enabled_adapters(runtime: Runtime) -> list[Adapter]:
+    """Every adapter whose settings are present."""
+    adapters: list[Adapter] = []
+    if runtime.settings.http_enabled:
+        adapters.append(HttpAdapter(runtime.core, runtime.settings))
+    return adapters
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run every enabled adapter until SIGINT/SIGTERM (or `stop` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    async with open_runtime(settings) as runtime:
+        adapters = enabled_adapters(runtime)
+        if not adapters:
+            raise RuntimeError("no adapter is enabled: set GPTRELAY_HTTP_ENABLED=true or a bot token")
+        started: list[Adapter] = []
+        try:
+            for adapter in adapters:
+                await adapter.start()
+                started.append(adapter)
+            logger.info("gptrelay running: %s", ", ".join(a.name for a in started))
+            await stop.wait()
+            logger.info(
+                "shutting down: finishing answers in flight (up to %.0f s)", settings.shutdown_timeout_s
+            )
+            await runtime.core.close(settings.shutdown_timeout_s)
+        finally:
+            for adapter in reversed(started):
+                await adapter.stop()

@@ -1,0 +1,227 @@
+"""Settings from the environment, an optional .env file and an optional TOML file."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "GPTRELAY_"
+DEFAULT_CONTEXT_WINDOWS: dict[str, int] = {
+    "gpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4.1-mini": 1_047_576,
+    "gpt-4-turbo": 128_000,
+    "gpt-4": 8_192,
+    "gpt-3.5-turbo": 16_385,
+    "gpt-3.5-turbo-instruct": 4_096,
+    "text-davinci-003": 4_097,
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` lists everything to fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+class ApiMode(StrEnum):
+    """Which OpenAI endpoint family the model speaks."""
+
+    CHAT = "chat"
+    COMPLETION = "completion"
+
+
+class Backend(StrEnum):
+    """Where answers come from."""
+
+    OPENAI = "openai"
+    COMPATIBLE = "openai-compatible"
+    AZURE = "azure"
+    NONE = "none"
+
+
+def _env(name: str, *aliases: str) -> Any:
+    """Accept a GPTRELAY_ name plus the conventional unprefixed ones."""
+    return Field(None, validation_alias=AliasChoices(*aliases, ENV_PREFIX + name.upper(), name))
+
+
+class Settings(BaseSettings):
+    """Every knob gptrelay has; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    # Model backend
+    openai_api_key: SecretStr | None = _env("openai_api_key", "OPENAI_API_KEY")
+    openai_base_url: str | None = _env("openai_base_url", "OPENAI_BASE_URL")
+    azure_endpoint: str | None = _env("azure_endpoint", "AZURE_OPENAI_ENDPOINT")
+    azure_api_version: str = Field(
+        "2024-10-21",
+        validation_alias=AliasChoices("OPENAI_API_VERSION", "GPTRELAY_AZURE_API_VERSION"),
+    )
+    api_mode: ApiMode = ApiMode.CHAT
+    model: str = "gpt-4o-mini"
+    allowed_models: list[str] = Field(default_factory=list)
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    stop: list[str] | None = None
+    n: int = Field(1, ge=1, le=8)
+    system_prompt: str = "You are a helpful assistant."
+    context_window: int = Field(8192, ge=256)
+    context_windows: dict[str, int] = Field(default_factory=dict)
+    request_timeout_s: float = Field(60.0, gt=0)
+    model_max_retries: int = Field(2, ge=0, le=10)
+
+    # Storage and core
+    data_dir: Path = Path("data")
+    database_path: Path | None = None
+    group_context: Literal["per_user", "shared"] = "per_user"
+    group_answer_all: bool = False
+    max_concurrent: int = Field(64, ge=1)
+    shutdown_timeout_s: float = Field(20.0, ge=0)
+
+    # HTTP API
+    http_enabled: bool = True
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(5000, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    http_max_body_bytes: int = Field(1_048_576, ge=1024)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment beats .env, which beats the TOML file."""
+        toml = TomlConfigSettingsSource(settings_cls)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, toml
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file, by default inside the data directory."""
+        return self.database_path or self.data_dir / "gptrelay.sqlite3"
+
+    @property
+    def backend(self) -> Backend:
+        """Which kind of model server the settings point at."""
+        if self.azure_endpoint:
+            return Backend.AZURE
+        if self.openai_base_url:
+            return Backend.COMPATIBLE
+        if self.openai_api_key:
+            return Backend.OPENAI
+        return Backend.NONE
+
+    @property
+    def models(self) -> list[str]:
+        """The models users may pick, the default first."""
+        return [self.model, *(m for m in self.allowed_models if m != self.model)]
+
+    def window_for(self, model: str) -> int:
+        """Context window of a model: configured, known, or the default."""
+        known = {**DEFAULT_CONTEXT_WINDOWS, **self.context_windows}
+        return known.get(model, self.context_window)
+
+    def problems(self) -> list[str]:
+        """Cross-field problems, each with what to set."""
+        found: list[str] = []
+        if self.backend is Backend.NONE:
+            found.append(
+                "no model is configured: set OPENAI_API_KEY for OpenAI, or OPENAI_BASE_URL "
+                "for a self-hosted OpenAI-compatible server (vLLM, Ollama, llama.cpp), or "
+                "AZURE_OPENAI_ENDPOINT with OPENAI_API_KEY for Azure OpenAI"
+            )
+        if self.backend is Backend.AZURE and not self.openai_api_key:
+            found.append("AZURE_OPENAI_ENDPOINT is set but OPENAI_API_KEY is not")
+        if self.http_enabled and not _is_loopback(self.http_host) and not self.api_key:
+            found.append(
+                f"GPTRELAY_HTTP_HOST={self.http_host} is reachable from other machines: "
+                "set GPTRELAY_API_KEY (clients send it as a bearer token) or bind 127.0.0.1"
+            )
+        if self.max_tokens >= self.window_for(self.model):
+            found.append(
+                f"GPTRELAY_MAX_TOKENS={self.max_tokens} leaves no room for context in "
+                f"{self.model}'s window of {self.window_for(self.model)} tokens: lower it or set "
+                "GPTRELAY_CONTEXT_WINDOWS"
+            )
+        return found
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(config_file: Path | None = None, env_file: Path | None = Path(".env")) -> Settings:
+    """Load settings, reporting every malformed value at once."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError([f"config file {config_file} does not exist"])
+    if config_file is not None:
+        try:
+            tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"config file {config_file} is not valid TOML: {exc}"]) from None
+    # The TOML path is per call, so bind it on a throwaway subclass rather than a global.
+    config = {**Settings.model_config, "toml_file": config_file}
+    bound = type("Settings", (Settings,), {"model_config": config})
+    try:
+        settings: Settings = bound(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+    return settings
+
+
+def require_usable(settings: Settings) -> None:
+    """Raise with every cross-field problem, so `run` stops before serving anything."""
+    if problems := settings.problems():
+        raise ConfigError(problems)
+
+
+def _describe(err: Any) -> str:
+    """One validation error as 'ENV_NAME: what is wrong'."""
+    field = str(err["loc"][0]) if err["loc"] else "?"
+    name = field.upper() if field.isupper() else ENV_PREFIX + field.upper()
+    return f"{name}: {err['msg']}"
+
+
+def describe(settings: Settings) -> dict[str, str]:
+    """The effective settings as printable strings, secrets masked."""
+    shown: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = "**********" if value.get_secret_value() else ""
+        shown[name] = "" if value is None else str(value)
+    shown["database"] = str(settings.db_path)
+    shown["backend"] = settings.backend.value
+    return shown

@@ -1,0 +1,65 @@
+"""The neutral message every adapter translates into, and the reply sink it provides."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class ChatKind(StrEnum):
+    """Whether a chat is one-to-one with the bot or shared by several people."""
+
+    PRIVATE = "private"
+    GROUP = "group"
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """One platform message, as the core sees it; `raw` is for the adapter only."""
+
+    platform: str
+    chat_id: str
+    chat_kind: ChatKind
+    user_id: str
+    user_name: str
+    message_id: str
+    text: str
+    addressed: bool
+    thread_id: str | None = None
+    reply_to_id: str | None = None
+    reply_to_text: str | None = None
+    language: str | None = None
+    raw: object = field(default=None, repr=False, compare=False)
+
+
+class ReplySink(Protocol):
+    """Where the core's answer goes; each adapter renders it its own way."""
+
+    @property
+    def max_message_len(self) -> int:
+        """Longest text one platform message may hold."""
+        ...
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether partial answers may be shown and then edited."""
+        ...
+
+    @property
+    def edit_interval_s(self) -> float:
+        """Least time between two writes of a streamed answer (flood pacing)."""
+        ...
+
+    async def send(self, text: str) -> str:
+        """Send a new message; return its id for later edits."""
+        ...
+
+    async def edit(self, message_id: str, text: str) -> None:
+        """Replace the text of a message sent earlier."""
+        ...
+
+    def typing(self) -> AbstractAsyncContextManager[None]:
+        """Show 'typing…' while the model thinks."""
+        ...

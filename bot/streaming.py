@@ -1,0 +1,61 @@
+"""Rendering a streamed answer through a reply sink: edits on a timer, rollover at the limit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from bot.messages import ReplySink
+from bot.text import split_for_limit
+
+# Shown at the end of a message that is still being written.
+TYPING_MARKER = " ▌"
+
+
+class StreamWriter:
+    """Accumulates deltas and keeps the sink's messages in step with them."""
+
+    def __init__(self, sink: ReplySink, clock: Callable[[], float] = time.monotonic) -> None:
+        self._sink = sink
+        self._clock = clock
+        self._text = ""
+        self._sent: list[tuple[str, str]] = []  # (message id, text shown)
+        self._last_write = float("-inf")
+
+    @property
+    def text(self) -> str:
+        """Everything received so far."""
+        return self._text
+
+    @property
+    def message_ids(self) -> list[str]:
+        """Ids of the messages written so far, in order."""
+        return [message_id for message_id, _ in self._sent]
+
+    async def feed(self, delta: str) -> None:
+        """Take one delta; write to the sink when streaming and the interval has passed."""
+        self._text += delta
+        if self._sink.can_stream and self._clock() - self._last_write >= self._sink.edit_interval_s:
+            await self._render(final=False)
+
+    async def finish(self) -> None:
+        """Write the complete text, without the typing marker."""
+        await self._render(final=True)
+
+    async def _render(self, final: bool) -> None:
+        """Bring every sink message up to date with the text received."""
+        if not self._text.strip():
+            return
+        # The same room whether final or not, so the last render never moves earlier cuts.
+        parts = split_for_limit(self._text, self._sink.max_message_len - len(TYPING_MARKER))
+        if not final:
+            parts[-1] += TYPING_MARKER
+        for index, part in enumerate(parts):
+            if index < len(self._sent):
+                message_id, shown = self._sent[index]
+                if shown != part:
+                    await self._sink.edit(message_id, part)
+                    self._sent[index] = (message_id, part)
+            else:
+                self._sent.append((await self._sink.send(part), part))
+        self._last_write = self._clock()

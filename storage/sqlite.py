@@ -1,0 +1,220 @@
+"""The aiosqlite store: WAL mode, explicit transactions, parameterised SQL only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiosqlite
+
+from storage.base import Conversation, InboxEntry, StoredMessage, TurnRecord, UsageTotals
+from storage.migrations import MIGRATIONS
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5_000
+INBOX_PENDING = "pending"
+
+_CONVERSATION_COLUMNS = "id, key, start_seq, next_seq, system_prompt, model"
+
+
+def _now() -> str:
+    """Current UTC time as ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class SqliteStore:
+    """Store implementation on one aiosqlite connection."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        # One connection is shared by every coroutine: a write must never land inside
+        # another coroutine's open transaction (its ROLLBACK would undo it).
+        self._write_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Run the block as one IMMEDIATE transaction, alone on the connection."""
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _write(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        """Run one autocommitted write statement, returning any RETURNING rows."""
+        async with self._write_lock:
+            return list(await self._db.execute_fetchall(sql, params))
+
+    @classmethod
+    async def open(cls, path: Path | str) -> SqliteStore:
+        """Open (creating if needed) the database and apply pending migrations."""
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode is crash-safe for the database; only the last commits may
+            # roll back on power loss, never corrupt.
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            store = cls(db)
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def _migrate(self) -> None:
+        """Apply, in order, every migration not yet recorded."""
+        await self._db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        applied = {row[0] for row in await self._db.execute_fetchall("SELECT name FROM schema_migrations")}
+        for name, sql in MIGRATIONS:
+            if name in applied:
+                continue
+            async with self._transaction() as db:
+                for statement in filter(str.strip, sql.split(";")):
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, _now())
+                )
+            logger.info("applied migration %s", name)
+
+    async def applied_migrations(self) -> list[str]:
+        """Names of the migrations this database has, in order applied."""
+        rows = await self._db.execute_fetchall("SELECT name FROM schema_migrations ORDER BY name")
+        return [row[0] for row in rows]
+
+    async def conversation(self, key: str) -> Conversation:
+        """Fetch a conversation by key, creating it on first use."""
+        found = list(
+            await self._db.execute_fetchall(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE key = ?", (key,)
+            )
+        )
+        if not found:
+            now = _now()
+            found = await self._write(
+                "INSERT INTO conversations (key, created_at, updated_at) VALUES (?, ?, ?) "
+                f"ON CONFLICT (key) DO UPDATE SET key = excluded.key RETURNING {_CONVERSATION_COLUMNS}",
+                (key, now, now),
+            )
+        return Conversation(*found[0])
+
+    async def set_system_prompt(self, conversation_id: int, text: str | None) -> None:
+        """Set (or clear with None) a conversation's system prompt."""
+        await self._write(
+            "UPDATE conversations SET system_prompt = ?, updated_at = ? WHERE id = ?",
+            (text, _now(), conversation_id),
+        )
+
+    async def set_model(self, conversation_id: int, model: str | None) -> None:
+        """Set (or clear with None) a conversation's model."""
+        await self._write(
+            "UPDATE conversations SET model = ?, updated_at = ? WHERE id = ?",
+            (model, _now(), conversation_id),
+        )
+
+    async def reset(self, conversation_id: int) -> None:
+        """Start fresh: move the start pointer past every stored turn, deleting nothing."""
+        await self._write(
+            "UPDATE conversations SET start_seq = next_seq, updated_at = ? WHERE id = ?",
+            (_now(), conversation_id),
+        )
+
+    async def history(
+        self, conversation_id: int, start_seq: int, before_seq: int, limit: int
+    ) -> list[StoredMessage]:
+        """Usable turns with start_seq <= seq < before_seq, newest first."""
+        rows = await self._db.execute_fetchall(
+            "SELECT seq, role, content, tokens FROM messages "
+            "WHERE conversation_id = ? AND seq >= ? AND seq < ? AND status = 'ok' "
+            "ORDER BY seq DESC LIMIT ?",
+            (conversation_id, start_seq, before_seq, limit),
+        )
+        return [StoredMessage(*row) for row in rows]
+
+    async def record_turn(self, turn: TurnRecord) -> None:
+        """Append a turn's messages, count its usage and close its inbox entry, atomically."""
+        now = _now()
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                "UPDATE conversations SET next_seq = next_seq + ?, updated_at = ? WHERE id = ? "
+                "RETURNING next_seq",
+                (len(turn.messages), now, turn.conversation_id),
+            )
+            first = next(iter(rows))[0] - len(turn.messages)
+            await db.executemany(
+                "INSERT INTO messages (conversation_id, seq, role, content, tokens, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (turn.conversation_id, first + i, m.role, m.content, m.tokens, m.status, now)
+                    for i, m in enumerate(turn.messages)
+                ],
+            )
+            await db.execute(
+                "INSERT INTO usage (user_key, day, prompt_tokens, completion_tokens, requests) "
+                "VALUES (?, ?, ?, ?, 1) ON CONFLICT (user_key, day) DO UPDATE SET "
+                "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+                "completion_tokens = completion_tokens + excluded.completion_tokens, "
+                "requests = requests + 1",
+                (turn.user_key, turn.day, turn.prompt_tokens, turn.completion_tokens),
+            )
+            await db.execute(
+                "INSERT INTO users (user_key, display_name, created_at, last_seen_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (user_key) DO UPDATE SET "
+                "display_name = excluded.display_name, last_seen_at = excluded.last_seen_at",
+                (turn.user_key, turn.user_name, now, now),
+            )
+            if turn.inbox_id is not None:
+                await db.execute(
+                    "UPDATE inbox SET status = 'answered', finished_at = ? WHERE id = ?",
+                    (now, turn.inbox_id),
+                )
+
+    async def usage(self, user_key: str, since_day: str) -> UsageTotals:
+        """A user's usage from since_day (YYYY-MM-DD) on."""
+        rows = await self._db.execute_fetchall(
+            "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
+            "COALESCE(SUM(requests), 0) FROM usage WHERE user_key = ? AND day >= ?",
+            (user_key, since_day),
+        )
+        return UsageTotals(*next(iter(rows)))
+
+    async def inbox_add(self, platform: str, chat_id: str, message_id: str, payload: str) -> int | None:
+        """Record a received message; None when it was received before."""
+        rows = await self._write(
+            "INSERT INTO inbox (platform, chat_id, message_id, payload, received_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+            (platform, chat_id, message_id, payload, _now()),
+        )
+        return int(rows[0][0]) if rows else None  # type: ignore[call-overload]
+
+    async def inbox_finish(self, inbox_id: int, status: str) -> None:
+        """Mark an inbox entry handled (answered, ignored or failed)."""
+        await self._write(
+            "UPDATE inbox SET status = ?, finished_at = ? WHERE id = ?", (status, _now(), inbox_id)
+        )
+
+    async def inbox_pending(self) -> list[InboxEntry]:
+        """Received messages that were never handled, oldest first."""
+        rows = await self._db.execute_fetchall(
+            "SELECT id, platform, chat_id, message_id, payload FROM inbox WHERE status = ? ORDER BY id",
+            (INBOX_PENDING,),
+        )
+        return [InboxEntry(*row) for row in rows]
+
+    async def close(self) -> None:
+        """Flush and release the database."""
+        await self._db.close()
