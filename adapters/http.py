@@ -83,7 +83,14 @@ def _error_middleware(api_key: str | None) -> Callable[[web.Request, Handler], A
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error_response(exc.status, exc.reason)
+            response = error_response(exc.status, exc.reason)
+            if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        except ConnectionResetError:
+            # The client hung up (e.g. stopped reading a stream): nothing went wrong here.
+            logger.info("client disconnected during HTTP %s", request.path)
+            return error_response(499, "client closed the connection")
         except Exception:
             logger.exception("unhandled error on HTTP %s", request.path)
             return error_response(500, "internal error; see the bot's log")

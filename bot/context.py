@@ -5,10 +5,12 @@ from __future__ import annotations
 from bot.errors import UserError
 from bot.model import Turn
 from bot.tokens import message_tokens
-from storage import Conversation, Store
+from storage import Conversation, Store, StoredMessage
 
-# Turns fetched per round trip; most answers need only the first page.
+# Turns fetched by the first round trip; most answers need only that page. Later pages grow
+# geometrically so a huge window over a long history still takes only a few round trips.
 HISTORY_PAGE = 64
+PAGE_GROWTH = 2
 
 
 async def build_context(
@@ -35,26 +37,29 @@ async def build_context(
 
 
 async def _recent_turns(store: Store, conversation: Conversation, room: int) -> tuple[list[Turn], int]:
-    """The newest stored turns whose tokens fit in `room`, oldest first."""
-    picked: list[Turn] = []
+    """The newest stored turns whose tokens fit in `room`, oldest first, and their tokens."""
+    picked: list[StoredMessage] = []
     used = 0
     before = conversation.next_seq
+    size = HISTORY_PAGE
     while before > conversation.start_seq:
-        page = await store.history(conversation.id, conversation.start_seq, before, HISTORY_PAGE)
+        page = await store.history(conversation.id, conversation.start_seq, before, size)
         for message in page:
             if used + message.tokens > room:
-                return _from_user_turn(picked), used
+                return _from_user_turn(picked)
             used += message.tokens
-            picked.append(Turn(message.role, message.content))
-        if len(page) < HISTORY_PAGE:
+            picked.append(message)
+        if len(page) < size:
             break
         before = page[-1].seq
-    return _from_user_turn(picked), used
+        size *= PAGE_GROWTH
+    return _from_user_turn(picked)
 
 
-def _from_user_turn(newest_first: list[Turn]) -> list[Turn]:
+def _from_user_turn(newest_first: list[StoredMessage]) -> tuple[list[Turn], int]:
     """Oldest-first turns, dropping a leading assistant turn whose question was cut off."""
-    turns = newest_first[::-1]
-    while turns and turns[0].role != "user":
-        turns.pop(0)
-    return turns
+    messages = newest_first[::-1]
+    while messages and messages[0].role != "user":
+        messages.pop(0)
+    # Count only what is sent: a dropped answer is not part of the prompt.
+    return [Turn(m.role, m.content) for m in messages], sum(m.tokens for m in messages)

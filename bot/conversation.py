@@ -15,14 +15,19 @@ def conversation_key(message: IncomingMessage, group_context: GroupContext = "pe
     Private chats have one context; in groups each user has their own per chat and thread,
     unless `group_context` is "shared", when the chat (or thread) has one for everybody.
     """
-    parts = [message.platform, "chat", message.chat_id]
+    parts = [message.platform, "chat", _escape(message.chat_id)]
     if message.thread_id is not None:
-        parts += ["thread", message.thread_id]
+        parts += ["thread", _escape(message.thread_id)]
     if message.chat_kind is ChatKind.GROUP and group_context == "per_user":
-        parts += ["user", message.user_id]
+        parts += ["user", _escape(message.user_id)]
     return ":".join(parts)
+
+
+def _escape(part: str) -> str:
+    """Keep ':' inside an id (an HTTP `user`, say) from forging another conversation's key."""
+    return part.replace("%", "%25").replace(":", "%3A")
 
 
 def user_key(message: IncomingMessage) -> str:
     """Key of the person who sent a message, for usage accounting."""
-    return f"{message.platform}:{message.user_id}"
+    return f"{message.platform}:{_escape(message.user_id)}"

@@ -115,11 +115,13 @@ class BotCore:
         """Answer one message; every failure becomes a short reply and a log entry."""
         message = job.message
         try:
-            reply, recorded = await self._dispatch(job)
-            status = "answered"
-        except UserError as exc:
-            reply, recorded, status = Reply(str(exc), error=exc), False, "refused"
-            await self._say(job.sink, str(exc))
+            try:
+                reply, recorded = await self._dispatch(job)
+                status = "answered"
+            except UserError as exc:
+                reply, recorded, status = Reply(str(exc), error=exc), False, "refused"
+                # A refusal that cannot be sent is a failure like any other (below).
+                await self._say(job.sink, str(exc))
         except Exception as exc:
             logger.exception(
                 "failed to answer %s message %s in chat %s",

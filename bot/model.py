@@ -182,7 +182,8 @@ class OpenAIModel:
         if self._mode is ApiMode.COMPLETION:
             args["prompt"] = render_prompt(turns)
             args["max_tokens"] = params.max_tokens
-            stop.append(COMPLETION_STOP)
+            # Within the four the API takes, or the cut below would drop the one that matters.
+            stop = [*stop[:3], COMPLETION_STOP]
         else:
             args["messages"] = [{"role": t.role, "content": t.content} for t in turns]
             args[limit] = params.max_tokens

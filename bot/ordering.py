@@ -76,16 +76,24 @@ class ConversationQueue(Generic[T]):
         finally:
             # No await between the emptiness check and here, so no slot can be stranded.
             self._lines.pop(key, None)
+            # Left only when the line was cancelled: tell whoever awaits those results.
+            for slot in line:
+                slot.result.cancel()
 
     @staticmethod
     async def _run(slot: Slot[T], job: Job[T]) -> None:
         """Run one job, handing its outcome to whoever awaits the slot."""
         try:
-            slot.result.set_result(await job())
+            value = await job()
         except Exception as exc:
             logger.exception("job failed")
-            slot.result.set_exception(exc)
-            slot.result.exception()  # retrieved here: a caller may not be awaiting
+            if not slot.result.done():
+                slot.result.set_exception(exc)
+                slot.result.exception()  # retrieved here: a caller may not be awaiting
+            return
+        # Done already when the caller gave up (a cancelled await cancels the future).
+        if not slot.result.done():
+            slot.result.set_result(value)
 
     async def join(self, timeout: float) -> bool:
         """Wait up to `timeout` s for every line to finish; True if all did."""

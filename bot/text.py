@@ -45,7 +45,8 @@ def split_for_limit(text: str, limit: int) -> list[str]:
             rest = reopen + "\n" + rest
         else:
             rest = rest.lstrip("\n")
-        parts.append(head.rstrip() or head)
-    if rest or not parts:
+        if head.strip():  # platforms refuse blank messages
+            parts.append(head.rstrip())
+    if rest.strip() or not parts:
         parts.append(rest)
     return parts

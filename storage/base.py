@@ -126,6 +126,10 @@ class Store(Protocol):
         """Received messages that were never handled, oldest first."""
         ...
 
+    async def applied_migrations(self) -> list[str]:
+        """Names of the schema migrations this database has, in order."""
+        ...
+
     async def close(self) -> None:
-        """Flush and release the database."""
+        """Flush pending writes and release the database."""
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ class SqliteStore:
         # One connection is shared by every coroutine: a write must never land inside
         # another coroutine's open transaction (its ROLLBACK would undo it).
         self._write_lock = asyncio.Lock()
+        self._pending_turns: list[tuple[TurnRecord, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -43,10 +46,12 @@ class SqliteStore:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                # Also after a failed COMMIT: an open transaction would break every later write.
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
 
     async def _write(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         """Run one autocommitted write statement, returning any RETURNING rows."""
@@ -80,11 +85,11 @@ class SqliteStore:
             "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
         applied = {row[0] for row in await self._db.execute_fetchall("SELECT name FROM schema_migrations")}
-        for name, sql in MIGRATIONS:
+        for name, statements in MIGRATIONS:
             if name in applied:
                 continue
             async with self._transaction() as db:
-                for statement in filter(str.strip, sql.split(";")):
+                for statement in statements:
                     await db.execute(statement)
                 await db.execute(
                     "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, _now())
@@ -146,42 +151,96 @@ class SqliteStore:
         return [StoredMessage(*row) for row in rows]
 
     async def record_turn(self, turn: TurnRecord) -> None:
-        """Append a turn's messages, count its usage and close its inbox entry, atomically."""
+        """Append a turn's messages, count its usage and close its inbox entry, atomically.
+
+        Turns arriving while a commit is under way are written together in the next one
+        (group commit): each aiosqlite call is a thread hop, so this keeps the hops per
+        message low under load without delaying a lone turn.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending_turns.append((turn, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_turns())
+        await done
+
+    async def _flush_turns(self) -> None:
+        """Commit pending turns in batches until none are left."""
+        batch: list[tuple[TurnRecord, asyncio.Future[None]]] = []
+        try:
+            while self._pending_turns:
+                batch, self._pending_turns = self._pending_turns, []
+                try:
+                    await self._write_turns([turn for turn, _ in batch])
+                except Exception:
+                    # One bad turn must not fail the others: retry each on its own.
+                    for turn, done in batch:
+                        await self._write_one(turn, done)
+                    continue
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+        except BaseException:
+            # Cancelled mid-commit (loop shutdown): nobody may be left waiting forever.
+            for _, done in [*batch, *self._pending_turns]:
+                if not done.done():
+                    done.cancel()
+            self._pending_turns = []
+            raise
+
+    async def _write_one(self, turn: TurnRecord, done: asyncio.Future[None]) -> None:
+        """Write a single turn, handing success or failure to its waiter."""
+        try:
+            await self._write_turns([turn])
+        except sqlite3.IntegrityError as exc:
+            error: Exception = exc
+            if "FOREIGN KEY" in str(exc):
+                error = LookupError(f"no conversation with id {turn.conversation_id}")
+            if not done.done():
+                done.set_exception(error)
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+        else:
+            if not done.done():
+                done.set_result(None)
+
+    async def _write_turns(self, turns: list[TurnRecord]) -> None:
+        """Write turns in one transaction; seqs follow each conversation's last message."""
         now = _now()
         async with self._transaction() as db:
-            rows = await db.execute_fetchall(
-                "UPDATE conversations SET next_seq = next_seq + ?, updated_at = ? WHERE id = ? "
-                "RETURNING next_seq",
-                (len(turn.messages), now, turn.conversation_id),
-            )
-            first = next(iter(rows))[0] - len(turn.messages)
             await db.executemany(
                 "INSERT INTO messages (conversation_id, seq, role, content, tokens, status, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?1, (SELECT COALESCE(MAX(seq), -1) + 1 FROM messages WHERE conversation_id = ?1), "
+                "?2, ?3, ?4, ?5, ?6)",
                 [
-                    (turn.conversation_id, first + i, m.role, m.content, m.tokens, m.status, now)
-                    for i, m in enumerate(turn.messages)
+                    (t.conversation_id, m.role, m.content, m.tokens, m.status, now)
+                    for t in turns
+                    for m in t.messages
                 ],
             )
-            await db.execute(
+            await db.executemany(
+                "UPDATE conversations SET updated_at = ?2, next_seq = "
+                "(SELECT COALESCE(MAX(seq), -1) + 1 FROM messages WHERE conversation_id = ?1) WHERE id = ?1",
+                [(conversation_id, now) for conversation_id in {t.conversation_id for t in turns}],
+            )
+            await db.executemany(
                 "INSERT INTO usage (user_key, day, prompt_tokens, completion_tokens, requests) "
                 "VALUES (?, ?, ?, ?, 1) ON CONFLICT (user_key, day) DO UPDATE SET "
                 "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
                 "completion_tokens = completion_tokens + excluded.completion_tokens, "
                 "requests = requests + 1",
-                (turn.user_key, turn.day, turn.prompt_tokens, turn.completion_tokens),
+                [(t.user_key, t.day, t.prompt_tokens, t.completion_tokens) for t in turns],
             )
-            await db.execute(
+            await db.executemany(
                 "INSERT INTO users (user_key, display_name, created_at, last_seen_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (user_key) DO UPDATE SET "
+                "VALUES (?1, ?2, ?3, ?3) ON CONFLICT (user_key) DO UPDATE SET "
                 "display_name = excluded.display_name, last_seen_at = excluded.last_seen_at",
-                (turn.user_key, turn.user_name, now, now),
+                [(t.user_key, t.user_name, now) for t in turns],
             )
-            if turn.inbox_id is not None:
-                await db.execute(
-                    "UPDATE inbox SET status = 'answered', finished_at = ? WHERE id = ?",
-                    (now, turn.inbox_id),
-                )
+            await db.executemany(
+                "UPDATE inbox SET status = 'answered', finished_at = ? WHERE id = ?",
+                [(now, t.inbox_id) for t in turns if t.inbox_id is not None],
+            )
 
     async def usage(self, user_key: str, since_day: str) -> UsageTotals:
         """A user's usage from since_day (YYYY-MM-DD) on."""
@@ -216,5 +275,7 @@ class SqliteStore:
         return [InboxEntry(*row) for row in rows]
 
     async def close(self) -> None:
-        """Flush and release the database."""
+        """Flush pending turns and release the database."""
+        if self._flusher is not None:
+            await self._flusher
         await self._db.close()

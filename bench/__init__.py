@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` prints the README's table."""

@@ -1,0 +1,493 @@
+"""The store behaviour suite, run against every implementation (SQLite now, PostgreSQL later)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storage import NewMessage, TurnRecord, UsageTotals
+from storage.base import STATUS_FAILED, STATUS_PARTIAL
+from storage.migrations import MIGRATIONS
+from storage.sqlite import SqliteStore
+
+DAY = "2024-05-01"
+USER = "telegram:42"
+
+
+@dataclass
+class Backend:
+    """How to open one store implementation, and to look at its rows behind its back."""
+
+    kind: str
+    open: Callable[[], Awaitable[SqliteStore]]
+    raw: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+def _sqlite_backend(tmp_path: Path) -> Backend:
+    """SQLite in a file on tmp_path; raw queries use a second, plain sqlite3 connection."""
+    path = tmp_path / "data" / "gptrelay.db"
+
+    def raw(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with closing(sqlite3.connect(path)) as db:
+            return db.execute(sql, params).fetchall()
+
+    return Backend("sqlite", lambda: SqliteStore.open(path), raw)
+
+
+# Add "postgresql" here (and a branch below) when that store exists; every test then runs on both.
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """One store implementation, with its database on tmp_path."""
+    if request.param == "sqlite":
+        return _sqlite_backend(tmp_path)
+    raise NotImplementedError(request.param)
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[SqliteStore]:
+    """An open store on a fresh database."""
+    opened = await backend.open()
+    yield opened
+    await opened.close()
+
+
+def turn(
+    conversation_id: int,
+    *contents: str,
+    status: str = "ok",
+    user_key: str = USER,
+    day: str = DAY,
+    prompt_tokens: int = 10,
+    completion_tokens: int = 5,
+    inbox_id: int | None = None,
+) -> TurnRecord:
+    """A turn of alternating user/assistant messages (the first is the user's)."""
+    messages = tuple(
+        NewMessage("user" if i % 2 == 0 else "assistant", text, len(text), status)
+        for i, text in enumerate(contents)
+    )
+    return TurnRecord(
+        conversation_id=conversation_id,
+        messages=messages,
+        user_key=user_key,
+        user_name="Ada",
+        day=day,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        inbox_id=inbox_id,
+    )
+
+
+# -- migrations and restarts ---------------------------------------------------------------------
+
+
+async def test_migrations_applied_and_recorded_on_empty_database(
+    store: SqliteStore, backend: Backend
+) -> None:
+    assert await store.applied_migrations() == [name for name, _ in MIGRATIONS]
+    if backend.kind == "sqlite":
+        tables = {row[0] for row in backend.raw("SELECT name FROM sqlite_master WHERE type = 'table'", ())}
+        assert {"schema_migrations", "users", "conversations", "messages", "usage", "inbox"} <= tables
+
+
+async def test_reopening_applies_nothing_and_keeps_data(backend: Backend) -> None:
+    first = await backend.open()
+    conversation = await first.conversation("k")
+    await first.record_turn(turn(conversation.id, "hello", "hi there"))
+    await first.set_system_prompt(conversation.id, "be brief")
+    before = await first.history(conversation.id, 0, 100, 100)
+    await first.close()
+    applied_at = backend.raw("SELECT name, applied_at FROM schema_migrations ORDER BY name", ())
+
+    second = await backend.open()
+    try:
+        assert backend.raw("SELECT name, applied_at FROM schema_migrations ORDER BY name", ()) == applied_at
+        assert await second.applied_migrations() == [name for name, _ in MIGRATIONS]
+        again = await second.conversation("k")
+        assert again.id == conversation.id
+        assert again.system_prompt == "be brief"
+        assert again.next_seq == 2
+        assert await second.history(again.id, again.start_seq, again.next_seq, 100) == before
+        assert [m.content for m in before] == ["hi there", "hello"]
+    finally:
+        await second.close()
+
+
+# -- conversations -------------------------------------------------------------------------------
+
+
+async def test_conversation_created_once_with_same_id(store: SqliteStore, backend: Backend) -> None:
+    first = await store.conversation("telegram:chat:1")
+    second = await store.conversation("telegram:chat:1")
+    other = await store.conversation("telegram:chat:2")
+    assert first == second
+    assert (first.start_seq, first.next_seq, first.system_prompt, first.model) == (0, 0, None, None)
+    assert other.id != first.id
+    assert backend.raw("SELECT COUNT(*) FROM conversations", ()) == [(2,)]
+
+
+async def test_conversation_created_concurrently_is_one_row(store: SqliteStore, backend: Backend) -> None:
+    found = await asyncio.gather(*(store.conversation("same") for _ in range(20)))
+    assert len({c.id for c in found}) == 1
+    assert backend.raw("SELECT COUNT(*) FROM conversations WHERE key = 'same'", ()) == [(1,)]
+
+
+async def test_system_prompt_and_model_set_and_clear(store: SqliteStore) -> None:
+    conversation = await store.conversation("k")
+    await store.set_system_prompt(conversation.id, "You are a pirate.")
+    await store.set_model(conversation.id, "gpt-4o")
+    changed = await store.conversation("k")
+    assert (changed.system_prompt, changed.model) == ("You are a pirate.", "gpt-4o")
+    await store.set_system_prompt(conversation.id, None)
+    await store.set_model(conversation.id, None)
+    cleared = await store.conversation("k")
+    assert (cleared.system_prompt, cleared.model) == (None, None)
+
+
+# -- turns and history ---------------------------------------------------------------------------
+
+
+async def test_record_turn_assigns_consecutive_seqs(store: SqliteStore) -> None:
+    conversation = await store.conversation("k")
+    await store.record_turn(turn(conversation.id, "q1", "a1"))
+    await store.record_turn(turn(conversation.id, "q2", "a2"))
+    await store.record_turn(turn(conversation.id, "q3"))
+    after = await store.conversation("k")
+    assert after.next_seq == 5
+    history = await store.history(conversation.id, 0, after.next_seq, 100)
+    assert [(m.seq, m.role, m.content) for m in history] == [
+        (4, "user", "q3"),
+        (3, "assistant", "a2"),
+        (2, "user", "q2"),
+        (1, "assistant", "a1"),
+        (0, "user", "q1"),
+    ]
+    assert history[0].tokens == len("q3")
+
+
+async def test_history_pages_with_limit_and_before_seq(store: SqliteStore) -> None:
+    conversation = await store.conversation("k")
+    for i in range(5):
+        await store.record_turn(turn(conversation.id, f"q{i}", f"a{i}"))
+    newest = await store.history(conversation.id, 0, 10, 3)
+    assert [m.seq for m in newest] == [9, 8, 7]
+    older = await store.history(conversation.id, 0, newest[-1].seq, 3)
+    assert [m.seq for m in older] == [6, 5, 4]
+    window = await store.history(conversation.id, 2, 5, 100)
+    assert [m.seq for m in window] == [4, 3, 2]
+    assert await store.history(conversation.id, 0, 0, 10) == []
+
+
+async def test_history_is_per_conversation(store: SqliteStore) -> None:
+    one = await store.conversation("one")
+    two = await store.conversation("two")
+    await store.record_turn(turn(one.id, "for one", "ok one"))
+    await store.record_turn(turn(two.id, "for two", "ok two"))
+    assert [m.content for m in await store.history(two.id, 0, 100, 100)] == ["ok two", "for two"]
+    # Seqs are per conversation, so both start at 0.
+    assert (await store.conversation("two")).next_seq == 2
+
+
+async def test_failed_and_partial_turns_kept_but_not_in_history(store: SqliteStore, backend: Backend) -> None:
+    conversation = await store.conversation("k")
+    await store.record_turn(turn(conversation.id, "q1", "a1"))
+    failed = TurnRecord(
+        conversation.id,
+        (
+            NewMessage("user", "q2", 2, STATUS_FAILED),
+            NewMessage("assistant", "half an ans", 4, STATUS_PARTIAL),
+        ),
+        USER,
+        "Ada",
+        DAY,
+        0,
+        0,
+    )
+    await store.record_turn(failed)
+    await store.record_turn(turn(conversation.id, "q3", "a3"))
+    history = await store.history(conversation.id, 0, 100, 100)
+    assert [(m.seq, m.content) for m in history] == [(5, "a3"), (4, "q3"), (1, "a1"), (0, "q1")]
+    rows = backend.raw(
+        "SELECT seq, content, status FROM messages WHERE conversation_id = ? ORDER BY seq", (conversation.id,)
+    )
+    assert rows[2:4] == [(2, "q2", "failed"), (3, "half an ans", "partial")]
+    assert len(rows) == 6
+
+
+async def test_reset_moves_start_pointer_and_deletes_nothing(store: SqliteStore, backend: Backend) -> None:
+    conversation = await store.conversation("k")
+    await store.record_turn(turn(conversation.id, "old q", "old a"))
+    await store.record_turn(turn(conversation.id, "old q2", "old a2"))
+    await store.reset(conversation.id)
+    after = await store.conversation("k")
+    assert (after.start_seq, after.next_seq) == (4, 4)
+    assert await store.history(after.id, after.start_seq, after.next_seq, 100) == []
+    assert backend.raw("SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (after.id,)) == [(4,)]
+
+    await store.record_turn(turn(conversation.id, "new q", "new a"))
+    fresh = await store.conversation("k")
+    history = await store.history(fresh.id, fresh.start_seq, fresh.next_seq, 100)
+    assert [(m.seq, m.content) for m in history] == [(5, "new a"), (4, "new q")]
+
+
+async def test_reset_of_empty_conversation_is_harmless(store: SqliteStore) -> None:
+    conversation = await store.conversation("k")
+    await store.reset(conversation.id)
+    await store.record_turn(turn(conversation.id, "q", "a"))
+    after = await store.conversation("k")
+    assert (after.start_seq, after.next_seq) == (0, 2)
+    assert len(await store.history(after.id, after.start_seq, after.next_seq, 10)) == 2
+
+
+async def test_restart_keeps_context(backend: Backend) -> None:
+    first = await backend.open()
+    conversation = await first.conversation("telegram:chat:7")
+    for i in range(3):
+        await first.record_turn(turn(conversation.id, f"question {i}", f"answer {i}"))
+    await first.reset(conversation.id)
+    await first.record_turn(turn(conversation.id, "after reset", "still here"))
+    snapshot = await first.conversation("telegram:chat:7")
+    before = await first.history(snapshot.id, snapshot.start_seq, snapshot.next_seq, 100)
+    await first.close()
+
+    second = await backend.open()
+    try:
+        reopened = await second.conversation("telegram:chat:7")
+        assert reopened == snapshot
+        assert await second.history(reopened.id, reopened.start_seq, reopened.next_seq, 100) == before
+        assert [m.content for m in before] == ["still here", "after reset"]
+    finally:
+        await second.close()
+
+
+# -- usage ---------------------------------------------------------------------------------------
+
+
+async def test_usage_aggregates_per_day_and_since_day(store: SqliteStore, backend: Backend) -> None:
+    conversation = await store.conversation("k")
+    await store.record_turn(turn(conversation.id, "a", "b", day="2024-04-30", prompt_tokens=100))
+    await store.record_turn(turn(conversation.id, "c", "d", day="2024-05-01", prompt_tokens=10))
+    await store.record_turn(turn(conversation.id, "e", "f", day="2024-05-01", prompt_tokens=20))
+    await store.record_turn(turn(conversation.id, "g", "h", day="2024-05-02", prompt_tokens=1))
+    await store.record_turn(turn(conversation.id, "x", "y", user_key="discord:9", prompt_tokens=1000))
+
+    assert await store.usage(USER, "2024-05-01") == UsageTotals(31, 15, 3)
+    assert await store.usage(USER, "2024-05-02") == UsageTotals(1, 5, 1)
+    assert (await store.usage(USER, "2000-01-01")).total_tokens == 131 + 20
+    assert await store.usage(USER, "2024-05-03") == UsageTotals(0, 0, 0)
+    assert await store.usage("nobody", "2000-01-01") == UsageTotals()
+    if backend.kind == "sqlite":
+        per_day = backend.raw(
+            "SELECT day, prompt_tokens, completion_tokens, requests FROM usage "
+            "WHERE user_key = ? ORDER BY day",
+            (USER,),
+        )
+        assert per_day == [("2024-04-30", 100, 5, 1), ("2024-05-01", 30, 10, 2), ("2024-05-02", 1, 5, 1)]
+
+
+# -- inbox ---------------------------------------------------------------------------------------
+
+
+async def test_inbox_add_detects_redelivery(store: SqliteStore) -> None:
+    first = await store.inbox_add("telegram", "100", "5", '{"text": "hi"}')
+    assert isinstance(first, int)
+    assert await store.inbox_add("telegram", "100", "5", '{"text": "hi"}') is None
+    other_chat = await store.inbox_add("telegram", "200", "5", "{}")
+    other_platform = await store.inbox_add("discord", "100", "5", "{}")
+    assert other_chat is not None
+    assert other_platform is not None
+    assert len({first, other_chat, other_platform}) == 3
+
+
+async def test_inbox_redelivery_after_finish_is_still_a_duplicate(store: SqliteStore) -> None:
+    inbox_id = await store.inbox_add("telegram", "100", "5", "{}")
+    assert inbox_id is not None
+    await store.inbox_finish(inbox_id, "answered")
+    assert await store.inbox_add("telegram", "100", "5", "{}") is None
+    assert await store.inbox_pending() == []
+
+
+async def test_inbox_pending_oldest_first_and_finish_removes(store: SqliteStore) -> None:
+    ids = [await store.inbox_add("telegram", "1", str(n), f"payload {n}") for n in (30, 10, 20)]
+    assert all(i is not None for i in ids)
+    pending = await store.inbox_pending()
+    assert [(e.id, e.message_id, e.payload) for e in pending] == [
+        (ids[0], "30", "payload 30"),
+        (ids[1], "10", "payload 10"),
+        (ids[2], "20", "payload 20"),
+    ]
+    assert (pending[0].platform, pending[0].chat_id) == ("telegram", "1")
+    assert ids[1] is not None
+    await store.inbox_finish(ids[1], "failed")
+    assert [e.message_id for e in await store.inbox_pending()] == ["30", "20"]
+
+
+async def test_record_turn_closes_its_inbox_entry(store: SqliteStore, backend: Backend) -> None:
+    conversation = await store.conversation("k")
+    inbox_id = await store.inbox_add("telegram", "1", "77", "{}")
+    keep = await store.inbox_add("telegram", "1", "78", "{}")
+    await store.record_turn(turn(conversation.id, "q", "a", inbox_id=inbox_id))
+    assert [e.id for e in await store.inbox_pending()] == [keep]
+    if backend.kind == "sqlite":
+        assert backend.raw("SELECT status FROM inbox WHERE id = ?", (inbox_id,)) == [("answered",)]
+
+
+# -- SQLite specifics ------------------------------------------------------------------------------
+
+
+async def test_journal_mode_is_wal(store: SqliteStore, backend: Backend) -> None:
+    if backend.kind != "sqlite":
+        pytest.skip("SQLite only")
+    assert backend.raw("PRAGMA journal_mode", ()) == [("wal",)]
+
+
+# -- concurrency and failures --------------------------------------------------------------------
+
+
+async def test_concurrent_turns_on_different_conversations(store: SqliteStore) -> None:
+    conversations = await asyncio.gather(*(store.conversation(f"chat {n}") for n in range(10)))
+    await asyncio.gather(
+        *(
+            store.record_turn(turn(c.id, f"q{r} {c.key}", f"a{r} {c.key}"))
+            for r in range(5)
+            for c in conversations
+        )
+    )
+    for c in conversations:
+        after = await store.conversation(c.key)
+        assert after.next_seq == 10
+        history = await store.history(c.id, 0, 10, 100)
+        assert [m.seq for m in history] == list(range(9, -1, -1))
+        assert all(m.content.endswith(c.key) for m in history)
+    assert await store.usage(USER, DAY) == UsageTotals(10 * 50, 5 * 50, 50)
+
+
+async def test_concurrent_turns_on_one_conversation(store: SqliteStore, backend: Backend) -> None:
+    conversation = await store.conversation("busy")
+    await asyncio.gather(*(store.record_turn(turn(conversation.id, f"q{n}", f"a{n}")) for n in range(40)))
+    history = await store.history(conversation.id, 0, 1000, 1000)
+    assert [m.seq for m in history] == list(range(79, -1, -1))
+    # Each turn's two messages are adjacent: no other turn landed between them.
+    oldest_first = history[::-1]
+    for user, assistant in zip(oldest_first[::2], oldest_first[1::2], strict=True):
+        assert (user.role, assistant.role) == ("user", "assistant")
+        assert assistant.content == "a" + user.content[1:]
+    assert backend.raw("SELECT COUNT(DISTINCT seq) FROM messages", ()) == [(80,)]
+
+
+async def test_concurrent_mixed_writes_do_not_nest_transactions(store: SqliteStore) -> None:
+    conversation = await store.conversation("mixed")
+    results = await asyncio.gather(
+        *(store.record_turn(turn(conversation.id, f"q{n}", f"a{n}")) for n in range(10)),
+        *(store.inbox_add("telegram", "1", str(n), "{}") for n in range(10)),
+        *(store.set_model(conversation.id, f"model-{n}") for n in range(10)),
+        *(store.conversation(f"new {n}") for n in range(10)),
+        store.reset(conversation.id),
+        return_exceptions=True,
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert errors == []
+    after = await store.conversation("mixed")
+    assert after.next_seq == 20
+    assert after.model is not None
+    assert after.model.startswith("model-")
+    assert len(await store.inbox_pending()) == 10
+
+
+async def test_turn_for_missing_conversation_fails_cleanly(store: SqliteStore, backend: Backend) -> None:
+    with pytest.raises(LookupError):
+        await store.record_turn(turn(9999, "q", "a"))
+    assert backend.raw("SELECT COUNT(*) FROM messages", ()) == [(0,)]
+    assert backend.raw("SELECT COUNT(*) FROM usage", ()) == [(0,)]
+    conversation = await store.conversation("k")
+    await store.record_turn(turn(conversation.id, "q", "a"))
+    assert len(await store.history(conversation.id, 0, 10, 10)) == 2
+
+
+async def test_failed_turn_rolls_back_everything(store: SqliteStore, backend: Backend) -> None:
+    if backend.kind != "sqlite":
+        pytest.skip("the failure is forced with an SQLite trigger")
+    conversation = await store.conversation("k")
+    await store.record_turn(turn(conversation.id, "q1", "a1"))
+    inbox_id = await store.inbox_add("telegram", "1", "2", "{}")
+    # Fail after the conversation update and the message inserts, at the usage upsert.
+    backend.raw(
+        "CREATE TRIGGER fail_usage BEFORE INSERT ON usage WHEN NEW.user_key = 'boom' "
+        "BEGIN SELECT RAISE(ABORT, 'forced failure'); END",
+        (),
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="forced failure"):
+        await store.record_turn(turn(conversation.id, "q2", "a2", user_key="boom", inbox_id=inbox_id))
+
+    after = await store.conversation("k")
+    assert after.next_seq == 2
+    assert backend.raw("SELECT COUNT(*) FROM messages", ()) == [(2,)]
+    assert [e.id for e in await store.inbox_pending()] == [inbox_id]
+    # Still usable, with no gap in the seqs, and no transaction left open.
+    await asyncio.gather(
+        store.record_turn(turn(conversation.id, "q3", "a3", inbox_id=inbox_id)),
+        store.set_model(conversation.id, "m"),
+    )
+    history = await store.history(conversation.id, 0, 100, 100)
+    assert [(m.seq, m.content) for m in history] == [(3, "a3"), (2, "q3"), (1, "a1"), (0, "q1")]
+    assert await store.inbox_pending() == []
+
+
+async def test_failing_turn_does_not_undo_concurrent_writes(store: SqliteStore, backend: Backend) -> None:
+    conversation = await store.conversation("k")
+    results = await asyncio.gather(
+        store.record_turn(turn(conversation.id, "ok q", "ok a")),
+        store.record_turn(turn(9999, "doomed", "doomed")),
+        store.set_system_prompt(conversation.id, "kept"),
+        store.inbox_add("telegram", "1", "1", "{}"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], LookupError)
+    assert [r for i, r in enumerate(results) if i != 1 and isinstance(r, BaseException)] == []
+    await store.close()
+    reopened = await backend.open()
+    try:
+        after = await reopened.conversation("k")
+        assert after.system_prompt == "kept"
+        assert after.next_seq == 2
+        assert len(await reopened.inbox_pending()) == 1
+    finally:
+        await reopened.close()
+
+
+# -- hostile text --------------------------------------------------------------------------------
+
+
+INJECTIONS = [
+    "'); DROP TABLE messages; --",
+    'Robert"); DELETE FROM conversations WHERE ("1"="1',
+    "1; UPDATE usage SET requests = 0",
+    "emoji 🙂, NUL-free unicode ☃, backslash \\ and 'quotes'",
+]
+
+
+@pytest.mark.parametrize("text", INJECTIONS)
+async def test_sql_looking_text_stored_verbatim(store: SqliteStore, backend: Backend, text: str) -> None:
+    conversation = await store.conversation(text)
+    await store.set_system_prompt(conversation.id, text)
+    await store.set_model(conversation.id, text)
+    await store.record_turn(turn(conversation.id, text, text, user_key=text, day=DAY))
+    inbox_id = await store.inbox_add(text, text, text, text)
+
+    again = await store.conversation(text)
+    assert (again.id, again.key, again.system_prompt, again.model) == (conversation.id, text, text, text)
+    assert [m.content for m in await store.history(again.id, 0, 10, 10)] == [text, text]
+    assert (await store.usage(text, DAY)).requests == 1
+    assert [(e.id, e.platform, e.chat_id, e.message_id, e.payload) for e in await store.inbox_pending()] == [
+        (inbox_id, text, text, text, text)
+    ]
+    if backend.kind == "sqlite":
+        tables = {row[0] for row in backend.raw("SELECT name FROM sqlite_master WHERE type = 'table'", ())}
+        assert {"messages", "conversations", "usage"} <= tables
