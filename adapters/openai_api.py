@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.http_schemas import ChatRequest, parse_body, read_json_object
+from adapters.http_schemas import ApiError, ChatRequest, parse_body, read_json_object
 from bot.core import BotCore
 from bot.errors import ModelError
 from bot.model import Completion, Turn
@@ -51,6 +51,8 @@ class _OpenAIRoutes:
         model = self._core.generation_params(None, overrides).model
         logger.info("chat.completions: %d messages, stream=%s", len(turns), chat.stream)
         if chat.stream:
+            if (chat.n or 1) > 1:
+                raise ApiError(400, "n > 1 is not supported with stream=true; ask without streaming")
             include_usage = bool((chat.stream_options or {}).get("include_usage"))
             return await self._stream(request, turns, chat, model, include_usage)
         completion = await self._core.complete(turns, overrides)

@@ -57,8 +57,9 @@ def _message(conversation: int, number: int) -> IncomingMessage:
 
 def _settings(data_dir: Path) -> Settings:
     """Settings for an offline run; the model name gets the default 8k window."""
-    return Settings(openai_base_url="http://127.0.0.1:9/v1", model="bench-model", data_dir=data_dir,
-                    _env_file=None)  # type: ignore[call-arg]
+    return Settings(
+        openai_base_url="http://127.0.0.1:9/v1", model="bench-model", data_dir=data_dir, _env_file=None
+    )  # type: ignore[call-arg]
 
 
 async def _throughput(core: BotCore) -> tuple[float, float, int]:
@@ -164,17 +165,25 @@ async def run() -> list[Row]:
 
     async def measure(core: BotCore, store: SqliteStore) -> None:
         rate, cpu_us, count = await _throughput(core)
-        rows.append(Row(f"core + SQLite, {count} msgs in {CONVERSATIONS} conversations", rate, "msg/s",
-                        ">= 2,000"))
+        rows.append(
+            Row(f"core + SQLite, {count} msgs in {CONVERSATIONS} conversations", rate, "msg/s", ">= 2,000")
+        )
         rows.append(Row("CPU per message (core + SQLite)", cpu_us, "µs"))
-        rows.append(Row("baseline: the same store calls without the core", await _store_floor(store),
-                        "msg/s"))
+        rows.append(
+            Row("baseline: the same store calls without the core", await _store_floor(store), "msg/s")
+        )
         latency = await _latency(core)
         rows.append(Row("added latency p50", _percentile(latency, 50), "ms"))
         rows.append(Row("added latency p99", _percentile(latency, 99), "ms"))
         for window, samples in (await _assembly(store, core.settings)).items():
-            rows.append(Row(f"context assembly, {HISTORY_TURNS:,} turns, {window:,}-token window, p50",
-                            _percentile(samples, 50), "ms", "< 5" if window == 8_192 else ""))
+            rows.append(
+                Row(
+                    f"context assembly, {HISTORY_TURNS:,} turns, {window:,}-token window, p50",
+                    _percentile(samples, 50),
+                    "ms",
+                    "< 5" if window == 8_192 else "",
+                )
+            )
 
     with tempfile.TemporaryDirectory() as tmp:
         await _with_core(Path(tmp), measure)

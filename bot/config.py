@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     allowed_models: list[str] = Field(default_factory=list)
     max_tokens: int = Field(512, ge=1)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
-    stop: list[str] | None = None
+    stop: list[str] | None = Field(None, max_length=4)
     n: int = Field(1, ge=1, le=8)
     system_prompt: str = "You are a helpful assistant."
     context_window: int = Field(8192, ge=256)

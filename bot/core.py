@@ -150,7 +150,7 @@ class BotCore:
 
     async def _chat(self, job: _Job, conversation: Conversation) -> Reply:
         """Ask the model with the conversation's context and record the turn."""
-        prompt = _prompt_of(job.message)
+        prompt = _prompt_of(job.message, named=self._settings.group_context == "shared")
         params = self.generation_params(conversation.model, job.overrides)
         system = conversation.system_prompt or self._settings.system_prompt
         budget = self._settings.window_for(params.model) - params.max_tokens
@@ -219,15 +219,15 @@ class BotCore:
             exc,
         )
         partial = writer.text
-        if partial.strip():
-            await writer.finish()
-        await self._say(job.sink, exc.user_text)
         messages = [NewMessage("user", prompt, message_tokens(prompt), STATUS_FAILED)]
         if partial.strip():
             messages.append(NewMessage("assistant", partial, message_tokens(partial), STATUS_PARTIAL))
-        await self._store.record_turn(
-            self._turn_record(job, conversation, tuple(messages), Usage(0, 0, estimated=True))
-        )
+        record = self._turn_record(job, conversation, tuple(messages), Usage(0, 0, estimated=True))
+        # Stored before anything is sent, so a failing sink cannot lose the turn.
+        await self._store.record_turn(replace(record, inbox_status="failed"))
+        if partial.strip():
+            await writer.finish()
+        await self._say(job.sink, exc.user_text)
 
     def _turn_record(
         self, job: _Job, conversation: Conversation, messages: tuple[NewMessage, ...], usage: Usage
@@ -267,10 +267,14 @@ class BotCore:
 
     async def complete(self, turns: Sequence[Turn], overrides: Overrides | None = None) -> Completion:
         """Stateless completion of caller-supplied turns (the OpenAI-compatible API)."""
+        if self._closing:
+            raise ShuttingDown
         return await self._model.complete(turns, self.generation_params(None, overrides))
 
     def stream(self, turns: Sequence[Turn], overrides: Overrides | None = None) -> ModelStream:
         """Stateless streamed completion of caller-supplied turns."""
+        if self._closing:
+            raise ShuttingDown
         params = self.generation_params(None, overrides)
         return self._model.stream(turns, replace(params, n=1))
 
@@ -289,11 +293,17 @@ class BotCore:
         return finished
 
 
-def _prompt_of(message: IncomingMessage) -> str:
-    """The user's text, with a quoted message from someone else as context."""
+def _prompt_of(message: IncomingMessage, named: bool = False) -> str:
+    """The user's text, with a quoted message from someone else as context.
+
+    In a shared group context each turn is prefixed with its author, so the model can tell
+    the speakers apart.
+    """
     text = message.text.strip()
     if not text:
         raise UserError(EMPTY_PROMPT_TEXT)
+    if named and message.chat_kind is ChatKind.GROUP:
+        text = f"{message.user_name}: {text}"
     if message.reply_to_text:
         quote = message.reply_to_text[:MAX_QUOTE_CHARS]
         return f'(In reply to: "{quote}")\n\n{text}'

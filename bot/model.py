@@ -262,7 +262,11 @@ class _OpenAIStream:
                             text.append(delta)
                             yield delta
         except Exception as exc:
-            raise translate_error(exc) from exc
+            error = translate_error(exc)
+            if text and error.kind is ErrorKind.CONNECTION:
+                # The server was reached and then dropped the stream: its failure, not the network's.
+                error = ModelError(ErrorKind.SERVER, f"stream cut after {len(text)} deltas: {error}")
+            raise error from exc
         answer = "".join(text)
         if not answer.strip():
             raise ModelError(ErrorKind.EMPTY, "stream ended without text")

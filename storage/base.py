@@ -54,6 +54,7 @@ class TurnRecord:
     prompt_tokens: int
     completion_tokens: int
     inbox_id: int | None = None
+    inbox_status: str = "answered"
 
 
 @dataclass(frozen=True, slots=True)

