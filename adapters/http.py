@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import uuid
@@ -158,7 +159,14 @@ class _Routes:
         future = await self._core.submit(message, CollectingSink(), ask.overrides())
         if future is None:  # cannot happen for a fresh id in a private chat
             raise ApiError(500, "message was not accepted")
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if future.cancelled() and task is not None and not task.cancelling():
+                # The core gave up on it at the shutdown deadline; the inbox keeps it for later.
+                raise ShuttingDown from None
+            raise
 
 
 def _answer(choices: tuple[str, ...]) -> web.Response:

@@ -1,4 +1,4 @@
-"""`python -m bench [--json] [--cores N]`: run the benchmarks and print the table."""
+"""`python -m bench [core] [local] [--json]`: run the benchmarks and print one table."""
 
 from __future__ import annotations
 
@@ -7,22 +7,43 @@ import asyncio
 import os
 import platform
 
-from bench import core_bench
+from bench import core_bench, local_bench
+from bench.core_bench import Row
+
+BENCHMARKS = ("core", "local")
+
+
+def _run_core(cores: int) -> list[Row]:
+    """The core benchmark, pinned to `cores` CPUs (the target is per core)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return asyncio.run(core_bench.run())
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(sorted(everything)[:cores]))
+    try:
+        return asyncio.run(core_bench.run())
+    finally:
+        os.sched_setaffinity(0, everything)
 
 
 def main() -> None:
-    """Pin to the requested cores, run, print."""
+    """Parse arguments, run what was asked, print the table."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--cores", type=int, default=1, help="CPU cores to pin to (default 1)")
+    parser.add_argument("which", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("--cores", type=int, default=1, help="CPU cores the core benchmark is pinned to")
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
-    rows = asyncio.run(core_bench.run())
+    chosen = args.which or list(BENCHMARKS)
+    if unknown := set(chosen) - set(BENCHMARKS):
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    rows: list[Row] = []
+    if "core" in chosen:
+        rows += _run_core(args.cores)
+    if "local" in chosen:
+        rows += asyncio.run(local_bench.run())  # unpinned: llama.cpp uses both cores either way
     if args.json:
         print(core_bench.as_json(rows))
         return
-    print(f"gptrelay core benchmark: Python {platform.python_version()}, {args.cores} core(s), instant model")
+    print(f"gptrelay benchmarks ({', '.join(chosen)}), Python {platform.python_version()}")
     print(core_bench.render(rows))
 
 

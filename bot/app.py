@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from adapters import Adapter
 from adapters.http import HttpAdapter
-from bot.config import Settings
+from bot.config import Backend, Settings
 from bot.core import BotCore
+from bot.local_model import LocalModel
 from bot.model import ModelClient, OpenAIModel
 from storage.sqlite import SqliteStore
 
@@ -29,11 +30,18 @@ class Runtime:
     core: BotCore
 
 
+def build_model(settings: Settings) -> ModelClient:
+    """The model client the settings select."""
+    if settings.backend is Backend.LOCAL:
+        return LocalModel.from_settings(settings)
+    return OpenAIModel.from_settings(settings)
+
+
 @asynccontextmanager
 async def open_runtime(settings: Settings, model: ModelClient | None = None) -> AsyncIterator[Runtime]:
     """Open everything; on exit, finish in-flight answers (bounded), then close."""
     store = await SqliteStore.open(settings.db_path)
-    model = model or OpenAIModel.from_settings(settings)
+    model = model or build_model(settings)
     core = BotCore(settings, store, model)
     try:
         yield Runtime(settings, store, model, core)

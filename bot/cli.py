@@ -34,6 +34,7 @@ def _check(settings: Settings) -> int:
     problems = settings.problems()
     adapters = ["http"] if settings.http_enabled else []
     print(f"{'adapters':24} {', '.join(adapters) or 'none'}")
+    print(f"{'answering model':24} {settings.model_summary()}")
     for problem in problems:
         print(f"problem: {problem}")
     return EXIT_CONFIG if problems else 0

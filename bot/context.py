@@ -11,6 +11,14 @@ from storage import Conversation, Store, StoredMessage
 # geometrically so a huge window over a long history still takes only a few round trips.
 HISTORY_PAGE = 64
 PAGE_GROWTH = 2
+# Token counts are estimates (bot.tokens): for some texts (numbers, emoji, German) the real count
+# runs up to ~1.3x over them, so fill only this share of the window.
+ESTIMATE_SAFETY = 0.8
+
+
+def context_budget(window: int, max_tokens: int) -> int:
+    """Estimated prompt tokens that may be sent: the window minus the answer, with a safety margin."""
+    return int((window - max_tokens) * ESTIMATE_SAFETY)
 
 
 async def build_context(

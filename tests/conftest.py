@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from bot.app import build_model
 from bot.config import Settings
 from bot.core import BotCore
-from bot.model import OpenAIModel
+from bot.model import ModelClient, OpenAIModel
 from storage.sqlite import SqliteStore
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -95,7 +96,7 @@ class Harness:
 
     settings: Settings
     store: SqliteStore
-    model: OpenAIModel
+    model: ModelClient
     core: BotCore
     closed: bool = False
 
@@ -120,7 +121,7 @@ async def make_core(make_settings: SettingsFactory) -> AsyncIterator[HarnessFact
     async def build(settings: Settings | None = None, **overrides: Any) -> Harness:
         chosen = settings or make_settings(**overrides)
         store = await SqliteStore.open(chosen.db_path)
-        model = OpenAIModel.from_settings(chosen)
+        model = build_model(chosen)
         harness = Harness(chosen, store, model, BotCore(chosen, store, model))
         harnesses.append(harness)
         return harness

@@ -768,9 +768,9 @@ def test_check_masks_the_api_key(tmp_path: Path) -> None:
     assert "problem" not in result.stdout
 
 
-def test_run_without_a_model_exits_2(tmp_path: Path) -> None:
-    """`gptrelay run` with no model configured stops with exit 2 and says what to set."""
-    result = run_cli(["run"], tmp_path)
+def test_run_without_a_usable_model_exits_2(tmp_path: Path) -> None:
+    """`gptrelay run` with no remote model and a missing local GGUF stops with exit 2 and says what to set."""
+    result = run_cli(["run"], tmp_path, GPTRELAY_LOCAL_MODEL=str(tmp_path / "missing.gguf"))
     assert result.returncode == 2
     assert "OPENAI_API_KEY" in result.stderr
     assert "OPENAI_BASE_URL" in result.stderr

@@ -237,6 +237,23 @@ async def test_hosted_openai_sends_max_completion_tokens(
     assert "max_tokens" not in fake_openai.last_body
 
 
+async def test_azure_endpoint_uses_deployment_path_and_api_key_header(
+    make_settings: SettingsFactory, make_model: ModelFactory, fake_openai: FakeOpenAI
+) -> None:
+    endpoint = fake_openai.base_url.removesuffix("/v1")
+    settings = make_settings(
+        openai_base_url=None, azure_endpoint=endpoint, openai_api_key="azure-key-123", model="my-deployment"
+    )
+    assert settings.backend is Backend.AZURE
+
+    deltas = [delta async for delta in make_model(settings).stream(TURNS, PARAMS)]
+
+    request = fake_openai.last_request
+    assert "".join(deltas).startswith("echo:")
+    assert request.path == f"/openai/deployments/{PARAMS.model}/chat/completions"
+    assert request.headers.get("api-key") == "azure-key-123"
+
+
 ERROR_CASES: list[tuple[str, Reply, ErrorKind]] = [
     (
         "401",

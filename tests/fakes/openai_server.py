@@ -168,9 +168,11 @@ class RecordedRequest:
 
     @property
     def api_key(self) -> str | None:
-        """The key from ``Authorization: Bearer <key>``, or ``None`` when absent."""
+        """The key from ``Authorization: Bearer <key>`` (or Azure's ``api-key``), else ``None``."""
         scheme, _, key = self.headers.get("Authorization", "").partition(" ")
-        return key if scheme.lower() == "bearer" and key else None
+        if scheme.lower() == "bearer" and key:
+            return key
+        return self.headers.get("api-key") or None
 
 
 @dataclass
@@ -380,6 +382,8 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        # Azure OpenAI: the deployment is in the path and the version in the query.
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat_completions)
         app.router.add_route("*", "/{tail:.*}", self._unknown_route)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
