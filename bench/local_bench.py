@@ -23,13 +23,16 @@ PROMPTS = (
     "List some tips for learning a new language.",
     "What is the difference between a list and a tuple in Python?",
 )
-ROUNDS = 3
+ROUNDS = 5
 MAX_TOKENS = 128
 N_CTX = 2048
 THREADS = 2
 REPEAT_PENALTY = 1.3
 SYSTEM = "You are a helpful assistant."
 STARTUP_TIMEOUT_S = 60
+# llama.cpp's worker threads keep spinning briefly after a generation; let them settle so one
+# process's idle spin does not slow the other's next run.
+SETTLE_S = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,9 @@ async def measure() -> tuple[list[Sample], list[Sample]]:
                 for _ in range(ROUNDS):
                     for prompt in PROMPTS:
                         direct.append(_direct(llama, prompt))
+                        await asyncio.sleep(SETTLE_S)
                         relayed.append(await _through_gptrelay(session, url, prompt))
+                        await asyncio.sleep(SETTLE_S)
         finally:
             process.terminate()
             await process.wait()
