@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gptrelay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "chat" and "log_level" not in settings.model_fields_set:
+        # INFO lines would interleave with the conversation on the same terminal.
+        settings = settings.model_copy(update={"log_level": "WARNING"})
     setup_logging(settings)
     try:
         if args.command == "run":

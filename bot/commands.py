@@ -101,9 +101,14 @@ async def _usage(ctx: CommandContext, args: str) -> str:
     day = await ctx.store.usage(ctx.user_key, today.isoformat())
     month = await ctx.store.usage(ctx.user_key, today.replace(day=1).isoformat())
     return (
-        f"Today: {day.total_tokens} tokens in {day.requests} requests\n"
-        f"This month: {month.total_tokens} tokens in {month.requests} requests"
+        f"Today: {day.total_tokens} tokens in {_requests(day.requests)}\n"
+        f"This month: {month.total_tokens} tokens in {_requests(month.requests)}"
     )
+
+
+def _requests(count: int) -> str:
+    """'1 request', '2 requests'."""
+    return f"{count} request" if count == 1 else f"{count} requests"
 
 
 COMMANDS: dict[str, Handler] = {

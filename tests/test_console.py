@@ -224,8 +224,9 @@ async def test_chat_command_in_a_subprocess(fake_openai: FakeOpenAI, tmp_path: P
     assert process.returncode == 0, stderr
     assert f"{BOT_LABEL}echo: hello" in stdout
     assert "Today:" in stdout
-    assert "in 1 requests" in stdout
+    assert "in 1 request\n" in stdout
     assert "Traceback" not in stderr
+    assert " INFO " not in stderr  # INFO logs would interleave with the conversation
     assert roles_and_contents(fake_openai.last_body)[-1] == ("user", "hello")
     with closing(sqlite3.connect(tmp_path / "data" / "gptrelay.sqlite3")) as db:
         keys = [row[0] for row in db.execute("SELECT key FROM conversations")]

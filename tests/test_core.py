@@ -373,7 +373,7 @@ async def test_usage_reports_tokens_after_a_turn(make_core: HarnessFactory, fake
 
     assert before.text == "Today: 0 tokens in 0 requests\nThis month: 0 tokens in 0 requests"
     # The fake counts words: 5 (system) + 2 (prompt) in, 2 out.
-    assert after.text == "Today: 9 tokens in 1 requests\nThis month: 9 tokens in 1 requests"
+    assert after.text == "Today: 9 tokens in 1 request\nThis month: 9 tokens in 1 request"
     assert other_user.text.startswith("Today: 0 tokens")
 
 

@@ -360,7 +360,7 @@ async def test_streamed_usage_is_estimated(llama_server: LlamaServer, tmp_path: 
     assert stored_usage(settings.db_path) == [("http:bob", expected_prompt, expected_completion, 1)]
     assert expected_prompt > 0
     assert expected_completion > 0
-    assert f"Today: {expected_prompt + expected_completion} tokens in 1 requests" in usage_text
+    assert f"Today: {expected_prompt + expected_completion} tokens in 1 request" in usage_text
 
 
 async def test_stateless_overflow_is_an_error_and_the_next_request_works(
