@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from adapters import Adapter
 from adapters.http import HttpAdapter
+from adapters.telegram import TelegramAdapter
 from bot.config import Backend, Settings
 from bot.core import BotCore
 from bot.local_model import LocalModel
@@ -56,6 +57,8 @@ def enabled_adapters(runtime: Runtime) -> list[Adapter]:
     adapters: list[Adapter] = []
     if runtime.settings.http_enabled:
         adapters.append(HttpAdapter(runtime.core, runtime.settings))
+    if runtime.settings.telegram_bot_token:
+        adapters.append(TelegramAdapter(runtime.core, runtime.settings))
     return adapters
 
 

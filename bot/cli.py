@@ -32,7 +32,11 @@ def _check(settings: Settings) -> int:
     for name, value in describe(settings).items():
         print(f"{name:24} {value}")
     problems = settings.problems()
-    adapters = ["http"] if settings.http_enabled else []
+    adapters = [
+        name
+        for name, on in (("http", settings.http_enabled), ("telegram", settings.telegram_bot_token))
+        if on
+    ]
     print(f"{'adapters':24} {', '.join(adapters) or 'none'}")
     print(f"{'answering model':24} {settings.model_summary()}")
     for problem in problems:

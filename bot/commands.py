@@ -38,6 +38,8 @@ class CommandContext:
     store: Store
     conversation: Conversation
     user_key: str
+    # False in a group's shared conversation for non-admins: a change there affects everyone.
+    may_change: bool = True
 
 
 Handler = Callable[[CommandContext, str], Awaitable[str]]
@@ -74,6 +76,7 @@ async def _model(ctx: CommandContext, args: str) -> str:
     current = ctx.conversation.model or ctx.settings.model
     if not args:
         return f"Model: {current}\nAvailable: {', '.join(allowed)}"
+    _require_change(ctx)
     if args not in allowed:
         raise UserError(f"'{args}' is not available. Choose one of: {', '.join(allowed)}")
     chosen = None if args == ctx.settings.model else args
@@ -86,6 +89,7 @@ async def _system(ctx: CommandContext, args: str) -> str:
     if not args:
         current = ctx.conversation.system_prompt or ctx.settings.system_prompt
         return f"System prompt:\n{current}"
+    _require_change(ctx)
     if args.lower() == "default":
         await ctx.store.set_system_prompt(ctx.conversation.id, None)
         return "System prompt restored to the default."
@@ -93,6 +97,12 @@ async def _system(ctx: CommandContext, args: str) -> str:
         raise UserError(f"That system prompt is too long (max {MAX_SYSTEM_PROMPT_CHARS} characters).")
     await ctx.store.set_system_prompt(ctx.conversation.id, args)
     return "System prompt set."
+
+
+def _require_change(ctx: CommandContext) -> None:
+    """Refuse a change to a conversation the user shares with others and does not administer."""
+    if not ctx.may_change:
+        raise UserError("Only the bot's admins can change this in a shared group conversation.")
 
 
 async def _usage(ctx: CommandContext, args: str) -> str:
@@ -110,6 +120,16 @@ def _requests(count: int) -> str:
     """'1 request', '2 requests'."""
     return f"{count} request" if count == 1 else f"{count} requests"
 
+
+# Shown by platforms that list commands (Telegram's menu, Discord's slash commands).
+COMMAND_DESCRIPTIONS: dict[str, str] = {
+    "start": "Introduction",
+    "help": "What I can do",
+    "reset": "Start a fresh conversation",
+    "model": "Show or switch the model",
+    "system": "Show or set my instructions",
+    "usage": "Tokens you have used",
+}
 
 COMMANDS: dict[str, Handler] = {
     "start": _start,

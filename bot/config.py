@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     http_max_body_bytes: int = Field(1_048_576, ge=1024)
 
+    # Telegram
+    telegram_bot_token: SecretStr | None = _env("telegram_bot_token", "TELEGRAM_BOT_TOKEN")
+    telegram_api_base_url: str = Field(
+        "https://api.telegram.org/bot",
+        validation_alias=AliasChoices("TELEGRAM_API_BASE_URL", "GPTRELAY_TELEGRAM_API_BASE_URL"),
+    )
+    telegram_mode: Literal["polling", "webhook"] = "polling"
+    telegram_webhook_url: str | None = None
+    telegram_webhook_listen: str = "127.0.0.1"
+    telegram_webhook_port: int = Field(8443, ge=0, le=65535)
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_allowed_user_ids: list[int] = Field(default_factory=list)
+    telegram_allowed_chat_ids: list[int] = Field(default_factory=list)
+    telegram_admin_ids: list[int] = Field(default_factory=list)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
@@ -196,6 +211,18 @@ class Settings(BaseSettings):
                 f"GPTRELAY_HTTP_HOST={self.http_host} is reachable from other machines: "
                 "set GPTRELAY_API_KEY (clients send it as a bearer token) or bind 127.0.0.1"
             )
+        if not self.http_enabled and not self.telegram_bot_token:
+            found.append("nothing to run: set TELEGRAM_BOT_TOKEN, or GPTRELAY_HTTP_ENABLED=true (HTTP API)")
+        if self.telegram_bot_token and self.telegram_mode == "webhook":
+            if not self.telegram_webhook_url:
+                found.append(
+                    "GPTRELAY_TELEGRAM_MODE=webhook needs GPTRELAY_TELEGRAM_WEBHOOK_URL (public https URL)"
+                )
+            if not self.telegram_webhook_secret:
+                found.append(
+                    "GPTRELAY_TELEGRAM_MODE=webhook needs GPTRELAY_TELEGRAM_WEBHOOK_SECRET "
+                    "(1-256 characters A-Z, a-z, 0-9, _ and -), checked on every request"
+                )
         if self.max_tokens >= self.window_for(self.model):
             found.append(
                 f"GPTRELAY_MAX_TOKENS={self.max_tokens} leaves no room for context in "

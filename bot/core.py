@@ -144,7 +144,10 @@ class BotCore:
         conversation = await self._store.conversation(conversation_key(message, self._settings.group_context))
         command = parse_command(message.text.strip())
         if command is not None:
-            context = CommandContext(self._settings, self._store, conversation, user_key(message))
+            shared = message.chat_kind is ChatKind.GROUP and self._settings.group_context == "shared"
+            context = CommandContext(
+                self._settings, self._store, conversation, user_key(message), not shared or message.is_admin
+            )
             text = await run_command(command, context)
             await self._say(job.sink, text)
             return Reply(text), False

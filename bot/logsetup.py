@@ -31,7 +31,12 @@ class RedactingFormatter(logging.Formatter):
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value the settings hold."""
-    values = [settings.openai_api_key, settings.api_key]
+    values = [
+        settings.openai_api_key,
+        settings.api_key,
+        settings.telegram_bot_token,
+        settings.telegram_webhook_secret,
+    ]
     return [v.get_secret_value() for v in values if v is not None]
 
 

@@ -17,7 +17,10 @@ class ChatKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
-    """One platform message, as the core sees it; `raw` is for the adapter only."""
+    """One platform message, as the core sees it; `raw` is for the adapter only.
+
+    `is_admin` comes from the platform identity (the adapter's admin list), never from the text.
+    """
 
     platform: str
     chat_id: str
@@ -31,6 +34,7 @@ class IncomingMessage:
     reply_to_id: str | None = None
     reply_to_text: str | None = None
     language: str | None = None
+    is_admin: bool = False
     raw: object = field(default=None, repr=False, compare=False)
 
 
@@ -53,7 +57,11 @@ class ReplySink(Protocol):
         ...
 
     async def send(self, text: str) -> str:
-        """Send a new message; return its id for later edits."""
+        """Send a new message; return its id for later edits.
+
+        Text ending in bot.streaming.TYPING_MARKER is still being written (a sink may show it
+        as a draft); text without it is final.
+        """
         ...
 
     async def edit(self, message_id: str, text: str) -> None:

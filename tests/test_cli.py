@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
-import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, closing
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import pytest
 
 from bot.cli import main
 from tests.fakes.openai_server import FakeOpenAI, HangReply, TextReply
-from tests.test_http import HOST, free_port, wait_until_healthy
+from tests.helpers import HOST, bot_env, free_port, running_bot
 
 SECRET = "some-long-secret-value"
 MASK = "**********"
@@ -235,41 +233,6 @@ def test_dotenv_in_cwd_is_read_and_environment_beats_it(
 # ---------------------------------------------------------------- graceful shutdown of the real process
 
 
-def bot_env(fake: FakeOpenAI, tmp_path: Path, port: int, shutdown_timeout_s: float) -> dict[str, str]:
-    """Environment of a `gptrelay run` on the fake, a free port and a data dir in tmp_path."""
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "OPENAI_BASE_URL": fake.base_url,
-        "GPTRELAY_HTTP_PORT": str(port),
-        "GPTRELAY_DATA_DIR": str(tmp_path / "data"),
-        "GPTRELAY_SHUTDOWN_TIMEOUT_S": str(shutdown_timeout_s),
-    }
-
-
-@asynccontextmanager
-async def running_bot(env: dict[str, str], cwd: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m bot run`, yielded once /healthz answers; killed if the test leaves it running."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "run",
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        await wait_until_healthy(process, port)
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        async with asyncio.timeout(EXIT_BOUND_S):
-            await process.communicate()
-
-
 async def wait_exit(process: asyncio.subprocess.Process) -> tuple[int, str]:
     """Exit code and stderr of a process told to stop, within EXIT_BOUND_S."""
     async with asyncio.timeout(EXIT_BOUND_S):
@@ -319,7 +282,9 @@ async def test_sigterm_finishes_the_answer_in_flight(fake_openai: FakeOpenAI, tm
     """SIGTERM during a streamed answer: it still completes, later requests are refused, exit 0."""
     fake_openai.enqueue(TextReply(("slow", " answer"), chunk_delay_s=0.6))
     port = free_port()
-    env = bot_env(fake_openai, tmp_path, port, shutdown_timeout_s=10)
+    env = bot_env(
+        fake_openai.base_url, tmp_path, GPTRELAY_HTTP_PORT=str(port), GPTRELAY_SHUTDOWN_TIMEOUT_S="10"
+    )
     loop = asyncio.get_running_loop()
     async with running_bot(env, tmp_path, port) as process:
         in_flight = asyncio.create_task(
@@ -355,7 +320,9 @@ async def test_sigterm_with_an_answer_too_slow_keeps_it_pending(
     """An answer that cannot finish within the shutdown timeout: exit 0 in time, message kept as pending."""
     fake_openai.enqueue(HangReply(5))
     port = free_port()
-    env = bot_env(fake_openai, tmp_path, port, shutdown_timeout_s=1)
+    env = bot_env(
+        fake_openai.base_url, tmp_path, GPTRELAY_HTTP_PORT=str(port), GPTRELAY_SHUTDOWN_TIMEOUT_S="1"
+    )
     db_path = tmp_path / "data" / "gptrelay.sqlite3"
     loop = asyncio.get_running_loop()
     async with running_bot(env, tmp_path, port) as process:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import sqlite3
-import sys
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
@@ -18,6 +16,7 @@ from bot.core import BotCore
 from bot.streaming import TYPING_MARKER
 from tests.conftest import HarnessFactory
 from tests.fakes.openai_server import FakeOpenAI, TextReply
+from tests.helpers import bot_env, bot_subprocess, roles_and_contents
 
 SYSTEM = ("system", "You are a helpful assistant.")
 CHAT_PATH = "/v1/chat/completions"
@@ -50,11 +49,6 @@ async def chat(core: BotCore, lines: Iterable[str], user: str = "alice") -> tupl
 def chat_bodies(fake: FakeOpenAI) -> list[dict[str, Any]]:
     """Bodies of the chat completion requests the fake received."""
     return [r.body for r in fake.requests if r.path == CHAT_PATH]
-
-
-def roles_and_contents(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """The messages of an upstream request as (role, content) pairs."""
-    return [(m["role"], m["content"]) for m in body["messages"]]
 
 
 # ---------------------------------------------------------------- chat_loop
@@ -194,32 +188,18 @@ async def test_sink_prints_a_rollover_on_a_new_line() -> None:
 
 async def test_chat_command_in_a_subprocess(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     """`python -m bot chat --user bob` answers stdin line by line and exits 0 at EOF."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "OPENAI_BASE_URL": fake_openai.base_url,
-        "GPTRELAY_DATA_DIR": str(tmp_path / "data"),
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
+    env = bot_env(fake_openai.base_url, tmp_path)
+    async with bot_subprocess(
         "chat",
         "--user",
         "bob",
-        cwd=tmp_path,
         env=env,
+        cwd=tmp_path,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    ) as process:
         async with asyncio.timeout(SUBPROCESS_TIMEOUT_S):
             stdout_bytes, stderr_bytes = await process.communicate(b"hello\n/usage\n")
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     stdout, stderr = stdout_bytes.decode(), stderr_bytes.decode()
     assert process.returncode == 0, stderr
     assert f"{BOT_LABEL}echo: hello" in stdout

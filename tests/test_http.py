@@ -8,12 +8,9 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +20,6 @@ import pytest
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
 
-from adapters.http import HttpAdapter
-from bot.app import Runtime, open_runtime
 from bot.config import Settings
 from bot.logsetup import REDACTED, RedactingFormatter, secrets_of
 from tests.fakes.openai_server import (
@@ -36,8 +31,17 @@ from tests.fakes.openai_server import (
     RecordedRequest,
     TextReply,
 )
+from tests.helpers import (
+    CLIENT_TIMEOUT_S,
+    HOST,
+    Relay,
+    bot_env,
+    free_port,
+    roles_and_contents,
+    running_bot,
+    running_relay,
+)
 
-HOST = "127.0.0.1"
 HELLO = "Hello, ChatGPT!"
 SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -46,8 +50,6 @@ ALLOWED_MODELS = [OTHER_MODEL, "gpt-4.1-mini"]
 RELAY_KEY = "relay-key-0123456789"
 UPSTREAM_SECRET = "sk-upstream-secret"
 VISIBLE_SECRET = "sk-test-visible-secret"
-CLIENT_TIMEOUT_S = 10.0
-STARTUP_TIMEOUT_S = 15.0
 EXIT_TIMEOUT_S = 15.0
 SUBPROCESS_TIMEOUT_S = 30.0
 ENV_PREFIXES = ("OPENAI_", "GPTRELAY_", "AZURE_OPENAI_")
@@ -91,42 +93,10 @@ def make_settings(fake: FakeOpenAI, tmp_path: Path, **overrides: Any) -> Setting
     return Settings(**values, _env_file=None)  # type: ignore[call-arg]
 
 
-@dataclass
-class Relay:
-    """A running relay and a plain HTTP session pointed at it."""
-
-    port: int
-    session: aiohttp.ClientSession
-    runtime: Runtime
-
-    @property
-    def base_url(self) -> str:
-        """Root URL of the relay."""
-        return f"http://{HOST}:{self.port}"
-
-    async def ask(self, body: Any, **kwargs: Any) -> tuple[int, Any]:
-        """POST /ask_gpt with a JSON body; return the status and the parsed JSON answer."""
-        async with self.session.post("/ask_gpt", json=body, **kwargs) as response:
-            return response.status, await response.json()
-
-    def openai_client(self, api_key: str = "sk-anything") -> AsyncOpenAI:
-        """The official client pointed at the relay's /v1 routes."""
-        return AsyncOpenAI(
-            base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, timeout=CLIENT_TIMEOUT_S
-        )
-
-
-@asynccontextmanager
-async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
-    """Open the real runtime (SqliteStore, OpenAIModel) and serve the real HTTP adapter."""
-    async with open_runtime(settings) as runtime:
-        adapter = HttpAdapter(runtime.core, settings)
-        await adapter.start()
-        try:
-            async with aiohttp.ClientSession(base_url=f"http://{HOST}:{adapter.port}") as session:
-                yield Relay(adapter.port, session, runtime)
-        finally:
-            await adapter.stop()
+async def ask(relay: Relay, body: Any, **kwargs: Any) -> tuple[int, Any]:
+    """POST /ask_gpt with a JSON body; return the status and the parsed JSON answer."""
+    async with relay.session.post("/ask_gpt", json=body, **kwargs) as response:
+        return response.status, await response.json()
 
 
 @pytest.fixture
@@ -147,11 +117,6 @@ async def client(relay: Relay) -> AsyncIterator[AsyncOpenAI]:
 def model_requests(fake: FakeOpenAI) -> list[RecordedRequest]:
     """The chat completion requests the relay sent upstream."""
     return [r for r in fake.requests if r.path == CHAT_PATH]
-
-
-def roles_and_contents(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """The messages of an upstream request as (role, content) pairs."""
-    return [(m["role"], m["content"]) for m in body["messages"]]
 
 
 def assert_json_error(status: int, body: Any, expected_status: int, *fragments: str) -> str:
@@ -196,16 +161,16 @@ async def test_ask_gpt_answers_the_readme_example(relay: Relay, fake: FakeOpenAI
 
 async def test_ask_gpt_without_user_is_stateless(relay: Relay, fake: FakeOpenAI) -> None:
     """Without `user`, a second call carries no earlier turn."""
-    assert await relay.ask({"prompt": "first"}) == (200, {"message": "echo: first"})
-    assert await relay.ask({"prompt": "second"}) == (200, {"message": "echo: second"})
+    assert await ask(relay, {"prompt": "first"}) == (200, {"message": "echo: first"})
+    assert await ask(relay, {"prompt": "second"}) == (200, {"message": "echo: second"})
     assert roles_and_contents(fake.last_body) == [("system", SYSTEM_PROMPT), ("user", "second")]
     assert len(model_requests(fake)) == 2
 
 
 async def test_ask_gpt_with_user_continues_the_conversation(relay: Relay, fake: FakeOpenAI) -> None:
     """With `user`, the second call's model request holds the first turn."""
-    assert await relay.ask({"prompt": "first", "user": "alice"}) == (200, {"message": "echo: first"})
-    assert await relay.ask({"prompt": "second", "user": "alice"}) == (200, {"message": "echo: second"})
+    assert await ask(relay, {"prompt": "first", "user": "alice"}) == (200, {"message": "echo: first"})
+    assert await ask(relay, {"prompt": "second", "user": "alice"}) == (200, {"message": "echo: second"})
     assert roles_and_contents(fake.last_body) == [
         ("system", SYSTEM_PROMPT),
         ("user", "first"),
@@ -216,22 +181,22 @@ async def test_ask_gpt_with_user_continues_the_conversation(relay: Relay, fake: 
 
 async def test_ask_gpt_users_have_separate_contexts(relay: Relay, fake: FakeOpenAI) -> None:
     """Alice's turns never reach Bob's model requests, and the other way round."""
-    await relay.ask({"prompt": "alice one", "user": "alice"})
-    await relay.ask({"prompt": "bob one", "user": "bob"})
+    await ask(relay, {"prompt": "alice one", "user": "alice"})
+    await ask(relay, {"prompt": "bob one", "user": "bob"})
     assert roles_and_contents(fake.last_body) == [("system", SYSTEM_PROMPT), ("user", "bob one")]
-    await relay.ask({"prompt": "alice two", "user": "alice"})
+    await ask(relay, {"prompt": "alice two", "user": "alice"})
     contents = [content for _, content in roles_and_contents(fake.last_body)]
     assert contents == [SYSTEM_PROMPT, "alice one", "echo: alice one", "alice two"]
 
 
 async def test_ask_gpt_reset_starts_a_fresh_conversation(relay: Relay, fake: FakeOpenAI) -> None:
     """`/reset` as the prompt answers without the model; the next request has no earlier turn."""
-    await relay.ask({"prompt": "remember this", "user": "alice"})
-    status, body = await relay.ask({"prompt": "/reset", "user": "alice"})
+    await ask(relay, {"prompt": "remember this", "user": "alice"})
+    status, body = await ask(relay, {"prompt": "/reset", "user": "alice"})
     assert status == 200
     assert "fresh conversation" in body["message"]
     assert len(model_requests(fake)) == 1
-    await relay.ask({"prompt": "after reset", "user": "alice"})
+    await ask(relay, {"prompt": "after reset", "user": "alice"})
     assert roles_and_contents(fake.last_body) == [("system", SYSTEM_PROMPT), ("user", "after reset")]
 
 
@@ -241,7 +206,7 @@ async def test_ask_gpt_reset_starts_a_fresh_conversation(relay: Relay, fake: Fak
 async def test_ask_gpt_overrides_reach_the_model(relay: Relay, fake: FakeOpenAI) -> None:
     """model, max_tokens, temperature and a string stop are sent upstream as given."""
     body = {"prompt": "hi", "model": OTHER_MODEL, "max_tokens": 10, "temperature": 0.25, "stop": "END"}
-    assert await relay.ask(body) == (200, {"message": "echo: hi"})
+    assert await ask(relay, body) == (200, {"message": "echo: hi"})
     sent = fake.last_body
     assert sent["model"] == OTHER_MODEL
     assert sent["max_tokens"] == 10
@@ -251,9 +216,9 @@ async def test_ask_gpt_overrides_reach_the_model(relay: Relay, fake: FakeOpenAI)
 
 async def test_ask_gpt_stop_list_and_defaults(relay: Relay, fake: FakeOpenAI) -> None:
     """A stop list is passed whole; without overrides the configured defaults are sent."""
-    await relay.ask({"prompt": "hi", "stop": ["A", "B"]})
+    await ask(relay, {"prompt": "hi", "stop": ["A", "B"]})
     assert fake.last_body["stop"] == ["A", "B"]
-    await relay.ask({"prompt": "hi"})
+    await ask(relay, {"prompt": "hi"})
     sent = fake.last_body
     assert "stop" not in sent
     assert (sent["model"], sent["max_tokens"], sent["temperature"], sent["n"]) == (DEFAULT_MODEL, 512, 0.7, 1)
@@ -265,7 +230,7 @@ async def test_ask_gpt_n_returns_every_choice(relay: Relay, fake: FakeOpenAI, us
     body: dict[str, Any] = {"prompt": "hi", "n": 2}
     if user:
         body["user"] = user
-    status, answer = await relay.ask(body)
+    status, answer = await ask(relay, body)
     assert status == 200
     assert answer == {"message": "echo: hi", "messages": ["echo: hi", "echo: hi #1"]}
     assert fake.last_body["n"] == 2
@@ -316,9 +281,9 @@ async def test_ask_gpt_refuses_bad_input(
 
 async def test_ask_gpt_refuses_a_model_not_allowed(relay: Relay, fake: FakeOpenAI) -> None:
     """A model outside the allowed list is a 400 naming the allowed ones."""
-    status, body = await relay.ask({"prompt": "hi", "model": "gpt-5-secret"})
+    status, body = await ask(relay, {"prompt": "hi", "model": "gpt-5-secret"})
     assert_json_error(status, body, 400, "gpt-5-secret", DEFAULT_MODEL, *ALLOWED_MODELS)
-    status, body = await relay.ask({"prompt": "hi", "model": "gpt-5-secret", "user": "alice"})
+    status, body = await ask(relay, {"prompt": "hi", "model": "gpt-5-secret", "user": "alice"})
     assert_json_error(status, body, 400, "gpt-5-secret", DEFAULT_MODEL, *ALLOWED_MODELS)
     assert fake.requests == []
 
@@ -339,7 +304,7 @@ async def test_ask_gpt_accepts_a_large_body_under_the_limit(relay: Relay, fake: 
     """Just under the limit is still served (the limit is not off by a lot)."""
     prompt = "word " * 150_000  # ~750 kB
     fake.enqueue(TextReply(("ok",)))
-    status, body = await relay.ask({"prompt": prompt, "max_tokens": 10, "model": "gpt-4.1-mini"})
+    status, body = await ask(relay, {"prompt": prompt, "max_tokens": 10, "model": "gpt-4.1-mini"})
     assert (status, body) == (200, {"message": "ok"})
 
 
@@ -397,7 +362,7 @@ async def test_ask_gpt_upstream_timeout_is_504(fake: FakeOpenAI, tmp_path: Path)
     async with running_relay(settings) as relay:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        status, body = await relay.ask({"prompt": "hi"})
+        status, body = await ask(relay, {"prompt": "hi"})
         elapsed = loop.time() - started
     assert_json_error(status, body, 504, "too long")
     assert elapsed < 3.0
@@ -419,12 +384,12 @@ async def test_ask_gpt_broken_stream_with_user_is_5xx(
 ) -> None:
     """A streamed answer that is empty or cut off is a gateway error, and the broken turn is not context."""
     fake.enqueue(reply)
-    status, body = await relay.ask({"prompt": "broken", "user": "alice"})
+    status, body = await ask(relay, {"prompt": "broken", "user": "alice"})
     assert_json_error(status, body, expected_status)
     assert body["error"]["code"] == code
     assert "partial" not in body["error"]["message"]
     assert fake.last_body["stream"] is True
-    assert await relay.ask({"prompt": "again", "user": "alice"}) == (200, {"message": "echo: again"})
+    assert await ask(relay, {"prompt": "again", "user": "alice"}) == (200, {"message": "echo: again"})
     assert roles_and_contents(fake.last_body) == [("system", SYSTEM_PROMPT), ("user", "again")]
 
 
@@ -631,7 +596,7 @@ async def test_client_leaving_a_stream_is_not_an_error(
     async with asyncio.timeout(CLIENT_TIMEOUT_S):
         await disconnect_seen.wait()
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
-    assert await relay.ask({"prompt": "still there?"}) == (200, {"message": "echo: still there?"})
+    assert await ask(relay, {"prompt": "still there?"}) == (200, {"message": "echo: still there?"})
 
 
 @pytest.mark.parametrize(
@@ -694,7 +659,7 @@ async def test_api_key_is_required(
 async def test_api_key_accepted(keyed_relay: Relay) -> None:
     """The right bearer token is served, by plain HTTP and by the openai client."""
     headers = {"Authorization": f"Bearer {RELAY_KEY}"}
-    assert await keyed_relay.ask({"prompt": "hi"}, headers=headers) == (200, {"message": "echo: hi"})
+    assert await ask(keyed_relay, {"prompt": "hi"}, headers=headers) == (200, {"message": "echo: hi"})
     api = keyed_relay.openai_client(api_key=RELAY_KEY)
     try:
         completion = await api.chat.completions.create(
@@ -823,53 +788,6 @@ def readme_curl(port: int) -> str:
     return line.replace("localhost:5000", f"localhost:{port}")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-@asynccontextmanager
-async def bot_process(env: dict[str, str], cwd: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m bot run`, yielded once /healthz answers; killed if the test leaves it running."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "run",
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        await wait_until_healthy(process, port)
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.communicate()
-
-
-async def wait_until_healthy(process: asyncio.subprocess.Process, port: int) -> None:
-    """Poll /healthz until it answers, the process dies, or STARTUP_TIMEOUT_S pass."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STARTUP_TIMEOUT_S
-    async with aiohttp.ClientSession() as session:
-        while loop.time() < deadline:
-            if process.returncode is not None:
-                pytest.fail(f"bot exited with {process.returncode} before serving")
-            try:
-                async with session.get(f"http://{HOST}:{port}/healthz") as response:
-                    if response.status == 200 and await response.json() == {"status": "ok"}:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    pytest.fail(f"bot did not answer /healthz within {STARTUP_TIMEOUT_S} s")
-
-
 async def terminate(process: asyncio.subprocess.Process) -> tuple[int, str]:
     """SIGTERM, then the exit code and stderr within EXIT_TIMEOUT_S."""
     process.send_signal(signal.SIGTERM)
@@ -882,15 +800,9 @@ async def terminate(process: asyncio.subprocess.Process) -> tuple[int, str]:
 async def test_bot_process_end_to_end(fake: FakeOpenAI, tmp_path: Path) -> None:
     """`gptrelay run` answers the README's curl, exits 0 on SIGTERM, and keeps context over a restart."""
     port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "OPENAI_BASE_URL": fake.base_url,
-        "GPTRELAY_HTTP_PORT": str(port),
-        "GPTRELAY_DATA_DIR": str(tmp_path / "data"),
-    }
+    env = bot_env(fake.base_url, tmp_path, GPTRELAY_HTTP_PORT=str(port))
     ask_url = f"http://{HOST}:{port}/ask_gpt"
-    async with bot_process(env, tmp_path, port) as process:
+    async with running_bot(env, tmp_path, port) as process:
         shell = await asyncio.create_subprocess_shell(
             readme_curl(port), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path
         )
@@ -913,7 +825,7 @@ async def test_bot_process_end_to_end(fake: FakeOpenAI, tmp_path: Path) -> None:
         assert "Traceback" not in stderr
     assert (tmp_path / "data" / "gptrelay.sqlite3").is_file()
 
-    async with bot_process(env, tmp_path, port) as process:
+    async with running_bot(env, tmp_path, port) as process:
         async with (
             aiohttp.ClientSession() as session,
             session.post(ask_url, json={"prompt": "again", "user": "carol"}) as response,

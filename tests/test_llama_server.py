@@ -8,15 +8,13 @@ drops the connection afterwards. Assertions are about structure, never about the
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,20 +24,20 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from adapters.http import HttpAdapter
-from bot.app import Runtime, open_runtime
 from bot.config import Settings
 from bot.gguf import bundled_model_path, llama_available
 from bot.tokens import estimate_tokens, message_tokens
 from tests.fakes.recording_proxy import ProxiedResponse, RecordingProxy
+from tests.helpers import HOST, Relay, free_port, roles_and_contents, running_relay
 
-HOST = "127.0.0.1"
 N_CTX = 2048
 MAX_TOKENS = 48
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
 POLL_INTERVAL_S = 0.2
 REQUEST_TIMEOUT_S = 30.0
+# The test's own HTTP session to the relay waits longer than the relay waits for the model.
+SESSION_TIMEOUT_S = REQUEST_TIMEOUT_S * 2
 SYSTEM_PROMPT = "You are a helpful assistant."
 CHAT_PATH = "/v1/chat/completions"
 # Far past the window: about 24,000 characters of prose, about 4,500 tokens.
@@ -70,13 +68,6 @@ class LlamaServer:
     def base_url(self) -> str:
         """The OpenAI-style base URL."""
         return f"{self.root_url}/v1"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -156,33 +147,14 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
 # ---------------------------------------------------------------- gptrelay in-process
 
 
-@dataclass
-class Relay:
-    """A running relay and a plain HTTP session pointed at it."""
-
-    port: int
-    session: aiohttp.ClientSession
-    runtime: Runtime
-
-    @property
-    def base_url(self) -> str:
-        """The relay's OpenAI-compatible base URL."""
-        return f"http://{HOST}:{self.port}/v1"
-
-    async def ask(self, prompt: str, user: str) -> str:
-        """POST /ask_gpt in `user`'s conversation; the answer, which must be a 200."""
-        async with self.session.post("/ask_gpt", json={"prompt": prompt, "user": user}) as response:
-            body = await response.json()
-            assert response.status == 200, body
-        answer = body["message"]
-        assert isinstance(answer, str)
-        return answer
-
-    def openai_client(self) -> AsyncOpenAI:
-        """The official client pointed at the relay, without retries of its own."""
-        return AsyncOpenAI(
-            base_url=self.base_url, api_key="sk-anything", max_retries=0, timeout=REQUEST_TIMEOUT_S
-        )
+async def ask(relay: Relay, prompt: str, user: str) -> str:
+    """POST /ask_gpt in `user`'s conversation; the answer, which must be a 200."""
+    async with relay.session.post("/ask_gpt", json={"prompt": prompt, "user": user}) as response:
+        body = await response.json()
+        assert response.status == 200, body
+    answer = body["message"]
+    assert isinstance(answer, str)
+    return answer
 
 
 def relay_settings(base_url: str, model: str, tmp_path: Path, **overrides: Any) -> Settings:
@@ -200,33 +172,12 @@ def relay_settings(base_url: str, model: str, tmp_path: Path, **overrides: Any) 
     return Settings(**values, _env_file=None)  # type: ignore[call-arg]
 
 
-@asynccontextmanager
-async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
-    """Open the real runtime and serve the real HTTP adapter."""
-    async with open_runtime(settings) as runtime:
-        adapter = HttpAdapter(runtime.core, settings)
-        await adapter.start()
-        try:
-            timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S * 2)
-            async with aiohttp.ClientSession(
-                base_url=f"http://{HOST}:{adapter.port}", timeout=timeout
-            ) as session:
-                yield Relay(adapter.port, session, runtime)
-        finally:
-            await adapter.stop()
-
-
 # ---------------------------------------------------------------- helpers
 
 
 def chat_requests(proxy: RecordingProxy) -> list[dict[str, Any]]:
     """The chat completion bodies gptrelay sent through the proxy."""
     return [body for body in proxy.requests if isinstance(body, dict) and "messages" in body]
-
-
-def roles_and_contents(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """The messages of an upstream request as (role, content) pairs."""
-    return [(m["role"], m["content"]) for m in body["messages"]]
 
 
 def sse_events(body: bytes) -> list[Any]:
@@ -319,10 +270,10 @@ async def test_conversation_carries_earlier_turns(llama_server: LlamaServer, tmp
     """Two turns with the same `user`: the second request holds the first question and answer."""
     async with RecordingProxy(llama_server.root_url) as proxy:
         settings = relay_settings(proxy.base_url, llama_server.model, tmp_path)
-        async with running_relay(settings) as relay:
+        async with running_relay(settings, session_timeout_s=SESSION_TIMEOUT_S) as relay:
             first_prompt = "What is the capital of France?"
-            first = await relay.ask(first_prompt, user="alice")
-            second = await relay.ask("And what river flows through it?", user="alice")
+            first = await ask(relay, first_prompt, user="alice")
+            second = await ask(relay, "And what river flows through it?", user="alice")
     assert first.strip()
     assert second.strip()
     requests = chat_requests(proxy)
@@ -346,9 +297,9 @@ async def test_streamed_usage_is_estimated(llama_server: LlamaServer, tmp_path: 
     """The server sends no usage in streams, so gptrelay stores its own non-zero estimate."""
     async with RecordingProxy(llama_server.root_url) as proxy:
         settings = relay_settings(proxy.base_url, llama_server.model, tmp_path)
-        async with running_relay(settings) as relay:
-            answer = await relay.ask("Name three colours.", user="bob")
-            usage_text = await relay.ask("/usage", user="bob")
+        async with running_relay(settings, session_timeout_s=SESSION_TIMEOUT_S) as relay:
+            answer = await ask(relay, "Name three colours.", user="bob")
+            usage_text = await ask(relay, "/usage", user="bob")
     (request,) = chat_requests(proxy)
     assert request["stream_options"] == {"include_usage": True}
     (response,) = proxy.responses
@@ -373,8 +324,8 @@ async def test_stateless_overflow_is_an_error_and_the_next_request_works(
     """
     settings = relay_settings(llama_server.base_url, llama_server.model, tmp_path)
     assert settings.model_max_retries == 2
-    async with running_relay(settings) as relay:
-        client = relay.openai_client()
+    async with running_relay(settings, session_timeout_s=SESSION_TIMEOUT_S) as relay:
+        client = relay.openai_client(timeout_s=REQUEST_TIMEOUT_S)
         try:
             # A status, not a broken stream: gptrelay waits for the first delta before answering 200.
             with pytest.raises(openai.APIStatusError) as raised:
@@ -400,8 +351,8 @@ async def test_stateless_overflow_without_streaming_is_a_400(
 ) -> None:
     """A whole (non-streamed) overflowing request gets the server's context error, as a 400."""
     settings = relay_settings(llama_server.base_url, llama_server.model, tmp_path)
-    async with running_relay(settings) as relay:
-        client = relay.openai_client()
+    async with running_relay(settings, session_timeout_s=SESSION_TIMEOUT_S) as relay:
+        client = relay.openai_client(timeout_s=REQUEST_TIMEOUT_S)
         try:
             with pytest.raises(openai.BadRequestError) as raised:
                 await client.chat.completions.create(
@@ -425,9 +376,9 @@ async def test_long_conversation_is_trimmed_to_the_window(llama_server: LlamaSer
             context_windows=window,
             max_tokens=LONG_MAX_TOKENS,
         )
-        async with running_relay(settings) as relay:
+        async with running_relay(settings, session_timeout_s=SESSION_TIMEOUT_S) as relay:
             prompts = [long_prompt(i) for i in range(LONG_PROMPT_COUNT)]
-            answers = [await relay.ask(prompt, user="carol") for prompt in prompts]
+            answers = [await ask(relay, prompt, user="carol") for prompt in prompts]
     assert all(answer.strip() for answer in answers)
     assert stored_history_tokens(settings.db_path) > N_CTX
 

@@ -6,19 +6,16 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.http import HttpAdapter
-from bot.app import open_runtime
 from bot.config import Settings
 from tests.fakes.openai_server import FakeOpenAI
+from tests.helpers import running_relay
 
-HOST = "127.0.0.1"
 NODE_DIR = Path(__file__).resolve().parent / "node"
 CLIENT_SCRIPT = NODE_DIR / "client.mjs"
 NODE_OPENAI = NODE_DIR / "node_modules" / "openai" / "package.json"
@@ -38,18 +35,6 @@ def _node_modules_installed() -> None:
             f"{NODE_OPENAI.parent} is missing: run `make test` (it installs the Node client's "
             "dependencies) or `npm ci --prefix tests/node`"
         )
-
-
-@asynccontextmanager
-async def relay_url(settings: Settings) -> AsyncIterator[str]:
-    """Serve gptrelay's HTTP adapter in-process; yield its OpenAI-compatible base URL."""
-    async with open_runtime(settings) as runtime:
-        adapter = HttpAdapter(runtime.core, settings)
-        await adapter.start()
-        try:
-            yield f"http://{HOST}:{adapter.port}/v1"
-        finally:
-            await adapter.stop()
 
 
 async def run_client(base_url: str, api_key: str, prompt: str = PROMPT) -> tuple[int, dict[str, Any]]:
@@ -85,8 +70,8 @@ async def test_node_client_chats_with_gptrelay(
     make_settings: SettingsFactory, fake_openai: FakeOpenAI
 ) -> None:
     """A whole and a streamed completion: the same echoed text, several chunks, and usage."""
-    async with relay_url(make_settings(http_port=0)) as base_url:
-        code, result = await run_client(base_url, "sk-anything")
+    async with running_relay(make_settings(http_port=0)) as relay:
+        code, result = await run_client(relay.v1_url, "sk-anything")
     assert code == 0, result
     assert result["prompt"] == PROMPT
     assert result["text"] == f"echo: {PROMPT}"
@@ -102,8 +87,8 @@ async def test_node_client_chats_with_gptrelay(
 
 async def test_node_client_with_the_right_key(make_settings: SettingsFactory) -> None:
     """With GPTRELAY_API_KEY set, the client sending it as its API key is served."""
-    async with relay_url(make_settings(http_port=0, api_key=RELAY_KEY)) as base_url:
-        code, result = await run_client(base_url, RELAY_KEY, "keyed")
+    async with running_relay(make_settings(http_port=0, api_key=RELAY_KEY)) as relay:
+        code, result = await run_client(relay.v1_url, RELAY_KEY, "keyed")
     assert code == 0, result
     assert result["text"] == "echo: keyed"
     assert result["streamed_text"] == "echo: keyed"
@@ -111,8 +96,8 @@ async def test_node_client_with_the_right_key(make_settings: SettingsFactory) ->
 
 async def test_node_client_with_a_wrong_key(make_settings: SettingsFactory, fake_openai: FakeOpenAI) -> None:
     """A wrong key is the SDK's AuthenticationError (401), and nothing reaches the model."""
-    async with relay_url(make_settings(http_port=0, api_key=RELAY_KEY)) as base_url:
-        code, result = await run_client(base_url, "sk-wrong-0123456789")
+    async with running_relay(make_settings(http_port=0, api_key=RELAY_KEY)) as relay:
+        code, result = await run_client(relay.v1_url, "sk-wrong-0123456789")
     assert code == API_ERROR_EXIT, result
     error = result["error"]
     assert error["status"] == 401

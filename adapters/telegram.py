@@ -1,0 +1,221 @@
+"""Telegram: our own long-poll loop (or a webhook) that records each update before confirming it."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from dataclasses import replace
+
+from aiohttp import web
+from telegram import (
+    Bot,
+    BotCommand,
+    BotCommandScopeAllGroupChats,
+    BotCommandScopeAllPrivateChats,
+    Update,
+)
+from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.ext import Application, ApplicationBuilder
+
+from adapters.telegram_pacing import FloodGate
+from adapters.telegram_sink import TelegramSink, retry_seconds
+from adapters.telegram_translate import BotIdentity, to_incoming
+from bot.commands import COMMAND_DESCRIPTIONS
+from bot.config import Settings
+from bot.core import BotCore
+from bot.errors import ShuttingDown
+from bot.messages import ChatKind, IncomingMessage
+
+logger = logging.getLogger(__name__)
+
+POLL_TIMEOUT_S = 25
+POLL_BACKOFF_S = 2.0
+ALLOWED_UPDATES = ("message", "edited_message", "channel_post")
+WEBHOOK_PATH = "/telegram"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+REFUSAL_TEXT = "Sorry, this bot is private."
+
+
+class TelegramAdapter:
+    """Receives updates, records them through the core, and answers through TelegramSinks."""
+
+    name = "telegram"
+
+    def __init__(self, core: BotCore, settings: Settings) -> None:
+        assert settings.telegram_bot_token is not None
+        self._core = core
+        self._settings = settings
+        self._app: Application = _build_application(settings)
+        self._gate = FloodGate()
+        self._me = BotIdentity(0, "")
+        self._poller: asyncio.Task[None] | None = None
+        self._webhook: web.AppRunner | None = None
+
+    @property
+    def bot(self) -> Bot:
+        """python-telegram-bot's Bot, pointed at the configured Bot API server."""
+        return self._app.bot
+
+    async def start(self) -> None:
+        """Identify the bot, register commands, then poll or serve the webhook."""
+        await self._app.initialize()  # getMe
+        self._me = BotIdentity(self.bot.id, self.bot.username)
+        await self._register_commands()
+        if self._settings.telegram_mode == "webhook":
+            await self._start_webhook()
+        else:
+            await self.bot.delete_webhook()
+            self._poller = asyncio.create_task(self._poll(), name="telegram poll")
+        logger.info("Telegram bot @%s started (%s)", self._me.username, self._settings.telegram_mode)
+
+    async def stop(self) -> None:
+        """Stop receiving; answers in flight belong to the core's shutdown."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        if self._webhook is not None:
+            await self._webhook.cleanup()
+        await self._app.shutdown()
+
+    async def _register_commands(self) -> None:
+        """The command menu, for private chats and groups."""
+        commands = [BotCommand(name, text) for name, text in COMMAND_DESCRIPTIONS.items()]
+        for scope in (BotCommandScopeAllPrivateChats(), BotCommandScopeAllGroupChats()):
+            try:
+                await self.bot.set_my_commands(commands, scope=scope)
+            except TelegramError as exc:  # the menu is a convenience; answering matters more
+                logger.warning("setMyCommands failed: %s", exc)
+
+    async def _poll(self) -> None:
+        """getUpdates in a loop; the offset moves past an update only once the inbox has it."""
+        offset: int | None = None
+        while True:
+            try:
+                updates = await self.bot.get_updates(
+                    offset=offset,
+                    timeout=POLL_TIMEOUT_S,
+                    allowed_updates=ALLOWED_UPDATES,
+                    read_timeout=POLL_TIMEOUT_S + 10,
+                )
+            except InvalidToken:
+                logger.error("Telegram rejected the bot token: check TELEGRAM_BOT_TOKEN")
+                raise
+            except RetryAfter as exc:
+                await asyncio.sleep(retry_seconds(exc.retry_after))
+                continue
+            except (TimedOut, NetworkError) as exc:
+                logger.warning("getUpdates failed (%s); retrying in %.0f s", exc, POLL_BACKOFF_S)
+                await asyncio.sleep(POLL_BACKOFF_S)
+                continue
+            if updates:
+                offset = await self._accept(updates)
+
+    async def _accept(self, updates: tuple[Update, ...]) -> int:
+        """Record a batch (in order, concurrently); return the offset that confirms what was kept."""
+        results = await asyncio.gather(*(self.receive(u) for u in updates), return_exceptions=True)
+        for update, result in zip(updates, results, strict=True):
+            if isinstance(result, BaseException):
+                # Not recorded: leave it (and what follows) unconfirmed, so Telegram sends it again.
+                if not isinstance(result, ShuttingDown):
+                    logger.error("could not record update %s: %r", update.update_id, result)
+                    await asyncio.sleep(POLL_BACKOFF_S)
+                return update.update_id
+        return updates[-1].update_id + 1
+
+    async def receive(self, update: Update) -> None:
+        """Translate one update and hand it to the core; returns once it is recorded."""
+        try:
+            message = to_incoming(update, self._me)
+        except Exception:  # a malformed update must not block the ones after it
+            logger.exception("could not translate update %s; skipped", update.update_id)
+            return
+        if message is None:
+            return
+        if not self._allowed(message):
+            await self._refuse(message)
+            return
+        is_admin = (
+            not self._settings.telegram_admin_ids or int(message.user_id) in self._settings.telegram_admin_ids
+        )
+        await self._core.submit(replace(message, is_admin=is_admin), self._sink_for(message))
+
+    def _allowed(self, message: IncomingMessage) -> bool:
+        """The allow lists: empty means everyone."""
+        users = self._settings.telegram_allowed_user_ids
+        chats = self._settings.telegram_allowed_chat_ids
+        return (not users or int(message.user_id) in users) and (not chats or int(message.chat_id) in chats)
+
+    async def _refuse(self, message: IncomingMessage) -> None:
+        """A polite refusal in private; silence in groups."""
+        logger.info("refused Telegram user %s in chat %s", message.user_id, message.chat_id)
+        if message.chat_kind is ChatKind.PRIVATE:
+            try:
+                await self._sink_for(message).send(REFUSAL_TEXT)
+            except TelegramError as exc:
+                logger.warning("could not send refusal to chat %s: %s", message.chat_id, exc)
+
+    def _sink_for(self, message: IncomingMessage) -> TelegramSink:
+        """Where the answer to `message` goes."""
+        private = message.chat_kind is ChatKind.PRIVATE
+        return TelegramSink(
+            self.bot,
+            self._gate,
+            int(message.chat_id),
+            private=private,
+            thread_id=int(message.thread_id) if message.thread_id else None,
+            reply_to=None if private else int(message.message_id),
+        )
+
+    async def _start_webhook(self) -> None:
+        """Serve the webhook and tell Telegram where it is."""
+        secret = self._settings.telegram_webhook_secret
+        assert secret is not None
+        assert self._settings.telegram_webhook_url
+        app = web.Application(client_max_size=1_048_576)
+        app.router.add_post(WEBHOOK_PATH, self._on_webhook)
+        self._webhook = web.AppRunner(app, access_log=None)
+        await self._webhook.setup()
+        site = web.TCPSite(
+            self._webhook, self._settings.telegram_webhook_listen, self._settings.telegram_webhook_port
+        )
+        await site.start()
+        await self.bot.set_webhook(
+            self._settings.telegram_webhook_url,
+            secret_token=secret.get_secret_value(),
+            allowed_updates=ALLOWED_UPDATES,
+        )
+
+    async def _on_webhook(self, request: web.Request) -> web.Response:
+        """One update from Telegram: 200 only once it is recorded, so a failure means redelivery."""
+        secret = self._settings.telegram_webhook_secret
+        assert secret is not None
+        given = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), secret.get_secret_value().encode()):
+            return web.json_response({"error": "wrong secret token"}, status=401)
+        try:
+            update = Update.de_json(json.loads(await request.read()), self.bot)
+        except (ValueError, TypeError, KeyError):
+            return web.json_response({"error": "not a Telegram update"}, status=400)
+        try:
+            await self.receive(update)
+        except ShuttingDown:
+            return web.json_response({"error": "shutting down"}, status=503)
+        return web.json_response({"ok": True})
+
+
+def _build_application(settings: Settings) -> Application:
+    """PTB's Application without its Updater: we own the poll loop (see _poll)."""
+    assert settings.telegram_bot_token is not None
+    base = settings.telegram_api_base_url.rstrip("/")
+    file_base = base[: -len("/bot")] + "/file/bot" if base.endswith("/bot") else base + "/file"
+    return (
+        ApplicationBuilder()
+        .token(settings.telegram_bot_token.get_secret_value())
+        .base_url(base)
+        .base_file_url(file_base)
+        .updater(None)
+        .connection_pool_size(64)
+        .build()
+    )
