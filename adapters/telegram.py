@@ -103,7 +103,7 @@ class TelegramAdapter:
                 logger.error("Telegram rejected the bot token: check TELEGRAM_BOT_TOKEN")
                 raise
             except RetryAfter as exc:
-                await asyncio.sleep(retry_seconds(exc.retry_after))
+                await asyncio.sleep(retry_seconds(exc))
                 continue
             except (TimedOut, NetworkError) as exc:
                 logger.warning("getUpdates failed (%s); retrying in %.0f s", exc, POLL_BACKOFF_S)

@@ -183,7 +183,7 @@ class TelegramSink:
             try:
                 return await request()
             except RetryAfter as exc:
-                wait = retry_seconds(exc.retry_after)
+                wait = retry_seconds(exc)
                 logger.warning("flood control in chat %s: retrying in %.0f s", self._chat_id, wait)
                 self._gate.penalize(self._chat_id, wait)
             except (TimedOut, NetworkError) as exc:
