@@ -21,7 +21,7 @@ from telegram.ext import Application, ApplicationBuilder
 
 from adapters.telegram_pacing import FloodGate
 from adapters.telegram_sink import TelegramSink, retry_seconds
-from adapters.telegram_translate import BotIdentity, to_incoming
+from adapters.telegram_translate import PLATFORM, BotIdentity, to_incoming
 from bot.commands import COMMAND_DESCRIPTIONS
 from bot.config import Settings
 from bot.core import BotCore
@@ -126,6 +126,10 @@ class TelegramAdapter:
 
     async def receive(self, update: Update) -> None:
         """Translate one update and hand it to the core; returns once it is recorded."""
+        migrated = update.message.migrate_to_chat_id if update.message else None
+        if migrated is not None and update.message is not None:
+            await self._core.move_chat(PLATFORM, str(update.message.chat.id), str(migrated))
+            return
         try:
             message = to_incoming(update, self._me)
         except Exception:  # a malformed update must not block the ones after it

@@ -7,16 +7,23 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-# Published limits are approximate: about 1 message/s per chat, 20 per minute per group,
-# about 30/s overall; edits count. Stay a little under each.
+# Published limits are approximate: about 1 message/s per chat (short bursts tolerated),
+# 20 per minute per group, about 30/s overall; edits count. Stay a little under each.
 PRIVATE_INTERVAL_S = 1.05
+# A private chat may take two writes back to back (a draft, then the final message of a short
+# answer) before the spacing applies; a group never bursts, or 20 per minute could be exceeded.
+PRIVATE_BURST = 2
 GROUP_INTERVAL_S = 3.1
 GLOBAL_PER_S = 28
 GLOBAL_WINDOW_S = 1.0
 
 
 class FloodGate:
-    """Reserves each write a slot: spaced per chat, and a bounded number per second overall."""
+    """Reserves each write a slot: spaced per chat, and a bounded number per second overall.
+
+    Per chat this is GCRA (a token bucket kept as one "theoretical arrival time"), so concurrent
+    writers to one chat each reserve a distinct slot before they sleep.
+    """
 
     def __init__(
         self,
@@ -25,17 +32,20 @@ class FloodGate:
     ) -> None:
         self._clock = clock
         self._sleep = sleep
-        self._next_at: dict[int, float] = {}
+        self._tat: dict[int, float] = {}
         self._recent: deque[float] = deque()
 
     async def wait(self, chat_id: int, group: bool) -> None:
         """Wait until a write to `chat_id` is allowed, and count it."""
         now = self._clock()
-        # Reserve the chat's slot before sleeping, so concurrent writers queue behind each other.
-        at = max(now, self._next_at.get(chat_id, now))
-        self._next_at[chat_id] = at + (GROUP_INTERVAL_S if group else PRIVATE_INTERVAL_S)
-        if at > now:
-            await self._sleep(at - now)
+        interval = GROUP_INTERVAL_S if group else PRIVATE_INTERVAL_S
+        tolerance = 0.0 if group else (PRIVATE_BURST - 1) * PRIVATE_INTERVAL_S
+        tat = max(self._tat.get(chat_id, now), now)
+        # Reserve before sleeping, so concurrent writers queue behind each other.
+        self._tat[chat_id] = tat + interval
+        start = tat - tolerance
+        if start > now:
+            await self._sleep(start - now)
         await self._global_slot()
 
     async def _global_slot(self) -> None:
@@ -50,11 +60,12 @@ class FloodGate:
             await self._sleep(self._recent[0] + GLOBAL_WINDOW_S - now)
 
     def penalize(self, chat_id: int, seconds: float) -> None:
-        """Telegram said retry_after: nothing goes to that chat until then."""
-        self._next_at[chat_id] = max(self._next_at.get(chat_id, 0.0), self._clock() + seconds)
+        """Telegram said retry_after: nothing goes to that chat until then, and no burst after."""
+        until = self._clock() + seconds + (PRIVATE_BURST - 1) * PRIVATE_INTERVAL_S
+        self._tat[chat_id] = max(self._tat.get(chat_id, 0.0), until)
 
     def forget_idle(self) -> None:
         """Drop chats whose slots are in the past, so memory stays bounded."""
         now = self._clock()
-        for chat_id in [c for c, at in self._next_at.items() if at < now]:
-            del self._next_at[chat_id]
+        for chat_id in [c for c, tat in self._tat.items() if tat < now]:
+            del self._tat[chat_id]

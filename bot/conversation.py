@@ -15,12 +15,17 @@ def conversation_key(message: IncomingMessage, group_context: GroupContext = "pe
     Private chats have one context; in groups each user has their own per chat and thread,
     unless `group_context` is "shared", when the chat (or thread) has one for everybody.
     """
-    parts = [message.platform, "chat", _escape(message.chat_id)]
+    parts = [chat_prefix(message.platform, message.chat_id)]
     if message.thread_id is not None:
         parts += ["thread", _escape(message.thread_id)]
     if message.chat_kind is ChatKind.GROUP and group_context == "per_user":
         parts += ["user", _escape(message.user_id)]
     return ":".join(parts)
+
+
+def chat_prefix(platform: str, chat_id: str) -> str:
+    """The part of every conversation key of one chat (threads and users follow it after ':')."""
+    return f"{platform}:chat:{_escape(chat_id)}"
 
 
 def _escape(part: str) -> str:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from bot.commands import CommandContext, parse_command, run_command
 from bot.config import Settings
 from bot.context import build_context, context_budget
-from bot.conversation import conversation_key, user_key
+from bot.conversation import chat_prefix, conversation_key, user_key
 from bot.errors import ModelError, ShuttingDown, UserError
 from bot.messages import ChatKind, IncomingMessage, ReplySink
 from bot.model import Completion, GenerationParams, ModelClient, ModelStream, Turn, Usage
@@ -282,6 +282,13 @@ class BotCore:
             raise ShuttingDown
         params = self.generation_params(None, overrides)
         return self._model.stream(turns, replace(params, n=1))
+
+    async def move_chat(self, platform: str, old_chat_id: str, new_chat_id: str) -> None:
+        """A chat changed id (a Telegram group became a supergroup): its context follows."""
+        moved = await self._store.move_conversations(
+            chat_prefix(platform, old_chat_id), chat_prefix(platform, new_chat_id)
+        )
+        logger.info("%s chat %s became %s: %d conversations moved", platform, old_chat_id, new_chat_id, moved)
 
     async def _say(self, sink: ReplySink, text: str) -> None:
         """Send a whole text, split to the sink's limit."""

@@ -107,6 +107,10 @@ class Store(Protocol):
         """Usable turns with start_seq <= seq < before_seq, newest first."""
         ...
 
+    async def move_conversations(self, old_prefix: str, new_prefix: str) -> int:
+        """Re-key every conversation under `old_prefix` (a chat that changed id); return how many."""
+        ...
+
     async def record_turn(self, turn: TurnRecord) -> None:
         """Append a turn's messages, count its usage and close its inbox entry, atomically."""
         ...

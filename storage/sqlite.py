@@ -138,6 +138,16 @@ class SqliteStore:
             (_now(), conversation_id),
         )
 
+    async def move_conversations(self, old_prefix: str, new_prefix: str) -> int:
+        """Re-key every conversation under `old_prefix` (a chat that changed id); return how many."""
+        # Compared with substr, not LIKE: escaped ids contain '%', a LIKE wildcard.
+        rows = await self._write(
+            "UPDATE OR IGNORE conversations SET key = ?2 || substr(key, length(?1) + 1), updated_at = ?3 "
+            "WHERE key = ?1 OR substr(key, 1, length(?1) + 1) = ?1 || ':' RETURNING id",
+            (old_prefix, new_prefix, _now()),
+        )
+        return len(rows)
+
     async def history(
         self, conversation_id: int, start_seq: int, before_seq: int, limit: int
     ) -> list[StoredMessage]:

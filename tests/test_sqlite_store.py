@@ -491,3 +491,26 @@ async def test_sql_looking_text_stored_verbatim(store: SqliteStore, backend: Bac
     if backend.kind == "sqlite":
         tables = {row[0] for row in backend.raw("SELECT name FROM sqlite_master WHERE type = 'table'", ())}
         assert {"messages", "conversations", "usage"} <= tables
+
+
+async def test_move_conversations_rekeys_a_chat_and_keeps_history(store: SqliteStore) -> None:
+    """A Telegram group that became a supergroup keeps its contexts under the new chat id."""
+    moving = [
+        "telegram:chat:-41",
+        "telegram:chat:-41:user:1",
+        "telegram:chat:-41:thread:5:user:2",
+    ]
+    staying = ["telegram:chat:-410:user:1", "telegram:chat:%2D41:user:1"]
+    ids = {key: (await store.conversation(key)).id for key in moving + staying}
+    await store.record_turn(turn(ids["telegram:chat:-41:user:1"], "q", "a"))
+
+    moved = await store.move_conversations("telegram:chat:-41", "telegram:chat:-1009")
+
+    assert moved == 3
+    for key in moving:
+        new = await store.conversation(key.replace("-41", "-1009", 1))
+        assert new.id == ids[key]
+    for key in staying:
+        assert (await store.conversation(key)).id == ids[key]
+    kept = await store.conversation("telegram:chat:-1009:user:1")
+    assert [m.content for m in await store.history(kept.id, 0, kept.next_seq, 10)] == ["a", "q"]
