@@ -17,6 +17,9 @@ GROUP_INTERVAL_S = 3.1
 GLOBAL_PER_S = 28
 GLOBAL_WINDOW_S = 1.0
 
+# Idle chats are forgotten every this many writes, so memory stays bounded.
+FORGET_EVERY = 1024
+
 
 class FloodGate:
     """Reserves each write a slot: spaced per chat, and a bounded number per second overall.
@@ -32,11 +35,15 @@ class FloodGate:
     ) -> None:
         self._clock = clock
         self._sleep = sleep
+        self._waits = 0
         self._tat: dict[int, float] = {}
         self._recent: deque[float] = deque()
 
     async def wait(self, chat_id: int, group: bool) -> None:
         """Wait until a write to `chat_id` is allowed, and count it."""
+        self._waits += 1
+        if self._waits % FORGET_EVERY == 0:
+            self.forget_idle()
         now = self._clock()
         interval = GROUP_INTERVAL_S if group else PRIVATE_INTERVAL_S
         tolerance = 0.0 if group else (PRIVATE_BURST - 1) * PRIVATE_INTERVAL_S

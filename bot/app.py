@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 from adapters import Adapter
+from adapters.discord import DiscordAdapter
 from adapters.http import HttpAdapter
 from adapters.telegram import TelegramAdapter
 from bot.config import Backend, Settings
@@ -59,6 +60,8 @@ def enabled_adapters(runtime: Runtime) -> list[Adapter]:
         adapters.append(HttpAdapter(runtime.core, runtime.settings))
     if runtime.settings.telegram_bot_token:
         adapters.append(TelegramAdapter(runtime.core, runtime.settings))
+    if runtime.settings.discord_bot_token:
+        adapters.append(DiscordAdapter(runtime.core, runtime.settings))
     return adapters
 
 

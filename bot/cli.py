@@ -32,11 +32,12 @@ def _check(settings: Settings) -> int:
     for name, value in describe(settings).items():
         print(f"{name:24} {value}")
     problems = settings.problems()
-    adapters = [
-        name
-        for name, on in (("http", settings.http_enabled), ("telegram", settings.telegram_bot_token))
-        if on
-    ]
+    wanted = (
+        ("http", settings.http_enabled),
+        ("telegram", settings.telegram_bot_token),
+        ("discord", settings.discord_bot_token),
+    )
+    adapters = [name for name, on in wanted if on]
     print(f"{'adapters':24} {', '.join(adapters) or 'none'}")
     print(f"{'answering model':24} {settings.model_summary()}")
     for problem in problems:

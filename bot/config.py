@@ -130,6 +130,19 @@ class Settings(BaseSettings):
     telegram_allowed_chat_ids: list[int] = Field(default_factory=list)
     telegram_admin_ids: list[int] = Field(default_factory=list)
 
+    # Discord
+    discord_bot_token: SecretStr | None = _env("discord_bot_token", "DISCORD_BOT_TOKEN")
+    discord_message_content: bool = False
+    discord_sharded: bool = False
+    discord_command_guild_ids: list[int] = Field(default_factory=list)
+    discord_thread_per_conversation: bool = False
+    discord_allowed_guild_ids: list[int] = Field(default_factory=list)
+    discord_allowed_channel_ids: list[int] = Field(default_factory=list)
+    discord_allowed_role_ids: list[int] = Field(default_factory=list)
+    discord_allowed_user_ids: list[int] = Field(default_factory=list)
+    discord_admin_ids: list[int] = Field(default_factory=list)
+    discord_admin_role_ids: list[int] = Field(default_factory=list)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
@@ -211,8 +224,10 @@ class Settings(BaseSettings):
                 f"GPTRELAY_HTTP_HOST={self.http_host} is reachable from other machines: "
                 "set GPTRELAY_API_KEY (clients send it as a bearer token) or bind 127.0.0.1"
             )
-        if not self.http_enabled and not self.telegram_bot_token:
-            found.append("nothing to run: set TELEGRAM_BOT_TOKEN, or GPTRELAY_HTTP_ENABLED=true (HTTP API)")
+        if not self.http_enabled and not self.telegram_bot_token and not self.discord_bot_token:
+            found.append(
+                "nothing to run: set TELEGRAM_BOT_TOKEN or DISCORD_BOT_TOKEN, or GPTRELAY_HTTP_ENABLED=true"
+            )
         if self.telegram_bot_token and self.telegram_mode == "webhook":
             if not self.telegram_webhook_url:
                 found.append(

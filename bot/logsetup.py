@@ -36,6 +36,7 @@ def secrets_of(settings: Settings) -> list[str]:
         settings.api_key,
         settings.telegram_bot_token,
         settings.telegram_webhook_secret,
+        settings.discord_bot_token,
     ]
     return [v.get_secret_value() for v in values if v is not None]
 

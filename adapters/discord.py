@@ -1,0 +1,207 @@
+"""Discord: mentions, replies, DMs and threads through on_message; slash commands through a tree."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+import discord
+from discord import app_commands
+
+from adapters.discord_pacing import ChannelGate
+from adapters.discord_sink import ChannelSink, InteractionSink
+from adapters.discord_translate import PLATFORM, to_incoming
+from bot.commands import COMMAND_DESCRIPTIONS
+from bot.config import Settings
+from bot.core import BotCore
+from bot.errors import ShuttingDown
+from bot.messages import ChatKind, IncomingMessage
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 60.0
+THREAD_NAME_LEN = 90
+REFUSAL_TEXT = "Sorry, you are not allowed to use this bot here."
+
+
+class DiscordAdapter:
+    """Runs a discord.py client in the shared event loop and hands messages to the core."""
+
+    name = "discord"
+
+    def __init__(self, core: BotCore, settings: Settings) -> None:
+        assert settings.discord_bot_token is not None
+        self._core = core
+        self._settings = settings
+        intents = discord.Intents.default()
+        # Without the privileged intent Discord still sends the content of DMs and mentions.
+        intents.message_content = settings.discord_message_content
+        client_class = discord.AutoShardedClient if settings.discord_sharded else discord.Client
+        self.client: discord.Client = client_class(intents=intents)
+        self.client.on_message = self._on_message  # type: ignore[attr-defined]
+        self._tree = app_commands.CommandTree(self.client)
+        self._add_commands()
+        self._gate = ChannelGate()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Log in, connect, wait for READY, sync slash commands."""
+        assert self._settings.discord_bot_token is not None
+        await self.client.login(self._settings.discord_bot_token.get_secret_value())
+        self._runner = asyncio.create_task(self.client.connect(), name="discord gateway")
+        ready = asyncio.create_task(self.client.wait_until_ready())
+        done, _ = await asyncio.wait(
+            {ready, self._runner}, timeout=READY_TIMEOUT_S, return_when="FIRST_COMPLETED"
+        )
+        if ready not in done:
+            ready.cancel()
+            await self.stop()
+            raise RuntimeError("Discord did not become ready: check DISCORD_BOT_TOKEN and the network")
+        await self._sync_commands()
+        logger.info("Discord bot %s ready in %d guilds", self.client.user, len(self.client.guilds))
+
+    async def stop(self) -> None:
+        """Disconnect; answers in flight belong to the core's shutdown."""
+        await self.client.close()
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    async def _sync_commands(self) -> None:
+        """Slash commands: to the listed guilds (instant, for development) or globally."""
+        try:
+            for guild_id in self._settings.discord_command_guild_ids:
+                guild = discord.Object(guild_id)
+                self._tree.copy_global_to(guild=guild)
+                await self._tree.sync(guild=guild)
+            if not self._settings.discord_command_guild_ids:
+                await self._tree.sync()
+        except discord.HTTPException as exc:  # the menu is a convenience; mentions still work
+            logger.warning("slash command sync failed: %s", exc)
+
+    def _add_commands(self) -> None:
+        """/ask, /reset, /model, /system, /usage: each deferred at once, then run by the core."""
+
+        @self._tree.command(name="ask", description="Ask the model")
+        @app_commands.describe(prompt="Your question")
+        async def ask(interaction: discord.Interaction, prompt: str) -> None:
+            await self._on_command(interaction, prompt)
+
+        @self._tree.command(name="reset", description=COMMAND_DESCRIPTIONS["reset"])
+        async def reset(interaction: discord.Interaction) -> None:
+            await self._on_command(interaction, "/reset")
+
+        @self._tree.command(name="usage", description=COMMAND_DESCRIPTIONS["usage"])
+        async def usage(interaction: discord.Interaction) -> None:
+            await self._on_command(interaction, "/usage")
+
+        @self._tree.command(name="model", description=COMMAND_DESCRIPTIONS["model"])
+        @app_commands.describe(name="A model to switch to (leave empty to see the list)")
+        async def model(interaction: discord.Interaction, name: str | None = None) -> None:
+            await self._on_command(interaction, f"/model {name or ''}".strip())
+
+        @self._tree.command(name="system", description=COMMAND_DESCRIPTIONS["system"])
+        @app_commands.describe(text="New instructions, or 'default' (leave empty to see them)")
+        async def system(interaction: discord.Interaction, text: str | None = None) -> None:
+            await self._on_command(interaction, f"/system {text or ''}".strip())
+
+    async def _on_message(self, message: discord.Message) -> None:
+        """A gateway message: translate, check access, hand to the core."""
+        assert self.client.user is not None
+        incoming = to_incoming(message, self.client.user)
+        if incoming is None:
+            return
+        if not self._allowed(incoming, message.author):
+            if incoming.chat_kind is ChatKind.PRIVATE:
+                await message.channel.send(REFUSAL_TEXT)
+            return
+        channel: discord.abc.Messageable = message.channel
+        reply_to: discord.Message | None = message
+        if self._wants_thread(incoming, message):
+            thread = await message.create_thread(name=_thread_name(incoming.text))
+            channel, reply_to = thread, None
+            incoming = replace(incoming, thread_id=str(thread.id))
+        sink = ChannelSink(channel, getattr(channel, "id", 0), self._gate, reply_to)
+        await self._submit(replace(incoming, is_admin=self._is_admin(message.author)), sink)
+
+    async def _on_command(self, interaction: discord.Interaction, text: str) -> None:
+        """A slash command: acknowledge within Discord's 3 s first, then let the core answer."""
+        await interaction.response.defer(thinking=True)
+        incoming = _from_interaction(interaction, text)
+        if not self._allowed(incoming, interaction.user):
+            await interaction.edit_original_response(content=REFUSAL_TEXT)
+            return
+        incoming = replace(incoming, is_admin=self._is_admin(interaction.user))
+        await self._submit(incoming, InteractionSink(interaction, self._gate))
+
+    async def _submit(self, incoming: IncomingMessage, sink: ChannelSink | InteractionSink) -> None:
+        """Hand over to the core; while shutting down the message is dropped with a log line."""
+        try:
+            await self._core.submit(incoming, sink)
+        except ShuttingDown:
+            logger.warning("Discord message %s arrived during shutdown; not answered", incoming.message_id)
+
+    def _wants_thread(self, incoming: IncomingMessage, message: discord.Message) -> bool:
+        """Whether to open a thread for a new conversation started by a channel mention."""
+        return (
+            self._settings.discord_thread_per_conversation
+            and incoming.addressed
+            and incoming.chat_kind is ChatKind.GROUP
+            and incoming.thread_id is None
+            and isinstance(message.channel, discord.TextChannel)
+        )
+
+    def _allowed(self, incoming: IncomingMessage, user: discord.abc.User) -> bool:
+        """The allow lists: empty means everyone; a role list admits members with any of them."""
+        s = self._settings
+        guild_id = getattr(getattr(user, "guild", None), "id", None)
+        channel_id = int(incoming.thread_id or incoming.chat_id)
+        checks = (
+            not s.discord_allowed_user_ids or user.id in s.discord_allowed_user_ids,
+            not s.discord_allowed_guild_ids or guild_id in s.discord_allowed_guild_ids,
+            not s.discord_allowed_channel_ids
+            or channel_id in s.discord_allowed_channel_ids
+            or int(incoming.chat_id) in s.discord_allowed_channel_ids,
+            not s.discord_allowed_role_ids or bool(_role_ids(user) & set(s.discord_allowed_role_ids)),
+        )
+        return all(checks)
+
+    def _is_admin(self, user: discord.abc.User) -> bool:
+        """Admins by id or role; with no admins configured, everyone."""
+        s = self._settings
+        if not s.discord_admin_ids and not s.discord_admin_role_ids:
+            return True
+        return user.id in s.discord_admin_ids or bool(_role_ids(user) & set(s.discord_admin_role_ids))
+
+
+def _from_interaction(interaction: discord.Interaction, text: str) -> IncomingMessage:
+    """A slash command as the neutral message; it shares the context of the user's messages."""
+    channel = interaction.channel
+    if isinstance(channel, discord.Thread):
+        chat_id, thread_id = channel.parent_id, str(channel.id)
+    else:
+        chat_id, thread_id = interaction.channel_id or 0, None
+    return IncomingMessage(
+        platform=PLATFORM,
+        chat_id=str(chat_id),
+        chat_kind=ChatKind.PRIVATE if interaction.guild_id is None else ChatKind.GROUP,
+        user_id=str(interaction.user.id),
+        user_name=interaction.user.display_name,
+        message_id=f"interaction-{interaction.id}",
+        text=text,
+        addressed=True,
+        thread_id=thread_id,
+        language=str(interaction.locale),
+        raw=interaction,
+    )
+
+
+def _role_ids(user: discord.abc.User) -> set[int]:
+    """A member's role ids (none in DMs)."""
+    return {role.id for role in getattr(user, "roles", [])}
+
+
+def _thread_name(text: str) -> str:
+    """A thread title from the question's first words."""
+    first_line = (text.strip().splitlines() or ["Conversation"])[0]
+    return first_line[:THREAD_NAME_LEN] or "Conversation"

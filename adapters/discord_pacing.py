@@ -1,0 +1,52 @@
+"""Pacing writes inside Discord's per-channel rate limit, so streaming never stalls or 429s."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+# Discord allows 5 message writes per 5 s per channel, but discord.py holds back the request
+# that empties a bucket until it resets (~5 s): keep to 4 per window on the path to an answer.
+WRITES_PER_WINDOW = 4
+WINDOW_S = 5.0
+
+# Idle chats are forgotten every this many writes, so memory stays bounded.
+FORGET_EVERY = 1024
+
+
+class ChannelGate:
+    """At most WRITES_PER_WINDOW writes in any WINDOW_S per channel; slots are reserved in order."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._waits = 0
+        self._slots: dict[int, deque[float]] = {}
+
+    async def wait(self, channel_id: int) -> None:
+        """Wait for the channel's next free slot (reserved before sleeping)."""
+        self._waits += 1
+        if self._waits % FORGET_EVERY == 0:
+            self.forget_idle()
+        now = self._clock()
+        slots = self._slots.setdefault(channel_id, deque(maxlen=WRITES_PER_WINDOW))
+        at = now
+        if slots:
+            at = max(at, slots[-1])
+        if len(slots) == WRITES_PER_WINDOW:
+            at = max(at, slots[0] + WINDOW_S)
+        slots.append(at)  # maxlen drops the oldest: only the last N matter
+        if at > now:
+            await self._sleep(at - now)
+
+    def forget_idle(self) -> None:
+        """Drop channels with no write in the last window, so memory stays bounded."""
+        horizon = self._clock() - WINDOW_S
+        for channel_id in [c for c, s in self._slots.items() if not s or s[-1] < horizon]:
+            del self._slots[channel_id]

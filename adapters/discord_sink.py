@@ -1,0 +1,121 @@
+"""Rendering one answer into a Discord channel or an interaction, paced per channel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import discord
+
+from adapters.discord_pacing import WINDOW_S, WRITES_PER_WINDOW, ChannelGate
+
+logger = logging.getLogger(__name__)
+
+DISCORD_MAX_MESSAGE_LEN = 2000
+# Typing shows for about 10 s; refreshing sooner only spends rate limit.
+TYPING_REFRESH_S = 9.0
+NO_PINGS = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=False)
+
+
+class ChannelSink:
+    """ReplySink for a channel, thread or DM: the first message replies to the question."""
+
+    max_message_len = DISCORD_MAX_MESSAGE_LEN
+    can_stream = True
+    # Spread the channel's writes evenly over its window.
+    edit_interval_s = WINDOW_S / WRITES_PER_WINDOW
+
+    def __init__(
+        self,
+        channel: discord.abc.Messageable,
+        channel_id: int,
+        gate: ChannelGate,
+        reply_to: discord.Message | None,
+    ) -> None:
+        self._channel = channel
+        self._channel_id = channel_id
+        self._gate = gate
+        self._reply_to = reply_to
+        self._messages: dict[str, discord.Message] = {}
+        self._visible = asyncio.Event()
+
+    async def send(self, text: str) -> str:
+        """Post a message; only the first of an answer is a reply (without pinging anyone)."""
+        await self._gate.wait(self._channel_id)
+        reference, self._reply_to = self._reply_to, None
+        message = await self._channel.send(
+            text, reference=reference, mention_author=False, allowed_mentions=NO_PINGS
+        )
+        self._visible.set()
+        self._messages[str(message.id)] = message
+        return str(message.id)
+
+    async def edit(self, message_id: str, text: str) -> None:
+        """Edit a message sent earlier."""
+        await self._gate.wait(self._channel_id)
+        self._messages[message_id] = await self._messages[message_id].edit(
+            content=text, allowed_mentions=NO_PINGS
+        )
+
+    @asynccontextmanager
+    async def typing(self) -> AsyncIterator[None]:
+        """Show typing until the first text is visible (never re-sent while text streams)."""
+        task = asyncio.create_task(self._keep_typing())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _keep_typing(self) -> None:
+        """Trigger typing, again only if nothing is visible after it expires."""
+        while not self._visible.is_set():
+            try:
+                await self._channel.typing()
+            except discord.HTTPException as exc:  # cosmetic: never fail an answer over it
+                logger.debug("typing failed in channel %s: %s", self._channel_id, exc)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._visible.wait(), TYPING_REFRESH_S)
+
+
+class InteractionSink:
+    """ReplySink for a slash command: the deferred response is the first message, then followups."""
+
+    max_message_len = DISCORD_MAX_MESSAGE_LEN
+    can_stream = True
+    edit_interval_s = WINDOW_S / WRITES_PER_WINDOW
+
+    def __init__(self, interaction: discord.Interaction, gate: ChannelGate) -> None:
+        self._interaction = interaction
+        self._gate = gate
+        # Interaction webhooks have buckets of their own, keyed here by the interaction.
+        self._key = interaction.id
+        self._original_used = False
+
+    async def send(self, text: str) -> str:
+        """Fill the deferred 'thinking…' response first, then send followups."""
+        await self._gate.wait(self._key)
+        if not self._original_used:
+            self._original_used = True
+            await self._interaction.edit_original_response(content=text, allowed_mentions=NO_PINGS)
+            return "@original"
+        message = await self._interaction.followup.send(text, wait=True, allowed_mentions=NO_PINGS)
+        return str(message.id)
+
+    async def edit(self, message_id: str, text: str) -> None:
+        """Edit the original response or a followup."""
+        await self._gate.wait(self._key)
+        if message_id == "@original":
+            await self._interaction.edit_original_response(content=text, allowed_mentions=NO_PINGS)
+        else:
+            await self._interaction.followup.edit_message(
+                int(message_id), content=text, allowed_mentions=NO_PINGS
+            )
+
+    @asynccontextmanager
+    async def typing(self) -> AsyncIterator[None]:
+        """The deferred response already shows 'thinking…'."""
+        yield
