@@ -16,7 +16,7 @@ from telegram import (
     BotCommandScopeAllPrivateChats,
     Update,
 )
-from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.error import InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, ApplicationBuilder
 
 from adapters.telegram_pacing import FloodGate
@@ -26,6 +26,7 @@ from bot.commands import COMMAND_DESCRIPTIONS
 from bot.config import Settings
 from bot.core import BotCore
 from bot.errors import ShuttingDown
+from bot.logsetup import REDACTED
 from bot.messages import ChatKind, IncomingMessage
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,28 @@ ALLOWED_UPDATES = ("message", "edited_message", "channel_post")
 WEBHOOK_PATH = "/telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 REFUSAL_TEXT = "Sorry, this bot is private."
+# Loggers that print Bot API URLs, which contain the token (httpx logs every request at INFO).
+URL_LOGGERS = ("httpx", "telegram.Bot", "telegram.ext.ExtBot")
+
+
+class TokenFilter(logging.Filter):
+    """Masks a bot token in the records of URL_LOGGERS, whatever handler the operator configured."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.tokens = {token}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message without the tokens; never drop it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the handler's problem, as usual
+            return True
+        if any(token in message for token in self.tokens):
+            for token in self.tokens:
+                message = message.replace(token, REDACTED)
+            record.msg, record.args = message, None
+        return True
 
 
 class TelegramAdapter:
@@ -45,6 +68,10 @@ class TelegramAdapter:
 
     def __init__(self, core: BotCore, settings: Settings) -> None:
         assert settings.telegram_bot_token is not None
+        # Each adapter masks its own token, from construction until stop().
+        self._token_filter = TokenFilter(settings.telegram_bot_token.get_secret_value())
+        for name in URL_LOGGERS:
+            logging.getLogger(name).addFilter(self._token_filter)
         self._core = core
         self._settings = settings
         self._app: Application = _build_application(settings)
@@ -78,6 +105,8 @@ class TelegramAdapter:
         if self._webhook is not None:
             await self._webhook.cleanup()
         await self._app.shutdown()
+        for name in URL_LOGGERS:
+            logging.getLogger(name).removeFilter(self._token_filter)
 
     async def _register_commands(self) -> None:
         """The command menu, for private chats and groups."""
@@ -105,7 +134,7 @@ class TelegramAdapter:
             except RetryAfter as exc:
                 await asyncio.sleep(retry_seconds(exc))
                 continue
-            except (TimedOut, NetworkError) as exc:
+            except TelegramError as exc:  # the network, or a 409 while another instance still polls
                 logger.warning("getUpdates failed (%s); retrying in %.0f s", exc, POLL_BACKOFF_S)
                 await asyncio.sleep(POLL_BACKOFF_S)
                 continue
@@ -200,7 +229,7 @@ class TelegramAdapter:
             return web.json_response({"error": "wrong secret token"}, status=401)
         try:
             update = Update.de_json(json.loads(await request.read()), self.bot)
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):  # not JSON, or not an object
             return web.json_response({"error": "not a Telegram update"}, status=400)
         try:
             await self.receive(update)

@@ -20,8 +20,8 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def render(markdown: str) -> list[Chunk]:
-    """Convert Markdown to entity-formatted chunks, each within Telegram's limit.
+def render(markdown: str, limit: int = TELEGRAM_MAX_UTF16) -> list[Chunk]:
+    """Convert Markdown to entity-formatted chunks, each within `limit` UTF-16 units.
 
     Falls back to plain text if the converter fails or produces nothing.
     """
@@ -29,21 +29,21 @@ def render(markdown: str) -> list[Chunk]:
         text, entities = telegramify_markdown.convert(markdown)
         if not text.strip():
             raise ValueError("conversion produced no text")
-        pieces = telegramify_markdown.split_entities(text, entities, TELEGRAM_MAX_UTF16)
+        pieces = telegramify_markdown.split_entities(text, entities, limit)
         return [(piece, tuple(_entity(e) for e in found)) for piece, found in pieces]
     except Exception:
         logger.warning("Markdown conversion failed; sending plain text", exc_info=True)
-        return plain(markdown)
+        return plain(markdown, limit)
 
 
-def plain(text: str) -> list[Chunk]:
-    """Unformatted chunks within Telegram's limit (a rare fallback, so a simple loop)."""
+def plain(text: str, limit: int = TELEGRAM_MAX_UTF16) -> list[Chunk]:
+    """Unformatted chunks within `limit` UTF-16 units (a rare fallback, so a simple loop)."""
     pieces: list[str] = []
     current: list[str] = []
     size = 0
     for char in text:
         width = 2 if ord(char) > 0xFFFF else 1  # astral characters are surrogate pairs
-        if size + width > TELEGRAM_MAX_UTF16:
+        if size + width > limit:
             pieces.append("".join(current))
             current, size = [], 0
         current.append(char)

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import random
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
@@ -14,8 +15,9 @@ from typing import TypeVar
 from telegram import Bot, Message, MessageEntity, ReplyParameters
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
+from telegram.warnings import PTBDeprecationWarning
 
-from adapters.telegram_format import Chunk, plain, render
+from adapters.telegram_format import TELEGRAM_MAX_UTF16, Chunk, plain, render, utf16_len
 from adapters.telegram_pacing import GROUP_INTERVAL_S, PRIVATE_INTERVAL_S, FloodGate
 from bot.streaming import TYPING_MARKER
 
@@ -80,14 +82,18 @@ class TelegramSink:
     async def edit(self, message_id: str, text: str) -> None:
         """Bring a logical message up to `text`."""
         in_progress = text.endswith(TYPING_MARKER)
-        chunks = render(text.removesuffix(TYPING_MARKER))
+        body = text.removesuffix(TYPING_MARKER)
         sent = self._messages[message_id]
         if in_progress:
-            # A preview shows the first chunk only; the final text will be delivered whole.
-            chunks = [(chunks[0][0] + TYPING_MARKER, chunks[0][1])]
+            # A preview shows the first chunk only, with room for the marker; the final text will
+            # be delivered whole.
+            first, entities = render(body, TELEGRAM_MAX_UTF16 - utf16_len(TYPING_MARKER))[0]
+            chunks = [(first + TYPING_MARKER, entities)]
             if self._private and not sent:
                 await self._draft(chunks[0])
                 return
+        else:
+            chunks = render(body)
         for index, chunk in enumerate(chunks):
             if index < len(sent):
                 await self._edit(sent[index], chunk)
@@ -194,6 +200,10 @@ class TelegramSink:
         raise TimedOut(f"gave up after {MAX_ATTEMPTS} attempts in chat {self._chat_id}")
 
 
-def retry_seconds(retry_after: int | timedelta) -> float:
+def retry_seconds(exc: RetryAfter) -> float:
     """RetryAfter's value as seconds (PTB gives an int or a timedelta)."""
-    return retry_after.totalretry_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
+    # PTB 22 warns when the value is read as an int (PTB_TIMEDELTA unset); the value is all we need.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        retry_after = exc.retry_after
+    return retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)

@@ -28,6 +28,17 @@ class BotIdentity:
 
 def to_incoming(update: Update, me: BotIdentity) -> IncomingMessage | None:
     """Translate an update; None (with a DEBUG log) for anything gptrelay does not answer."""
+    try:
+        return _translate(update, me)
+    except (AttributeError, TypeError, ValueError, LookupError):
+        # python-telegram-bot does not check field types: a field of the wrong kind, or an entity
+        # outside its text, must not stop the updates after this one.
+        logger.warning("update %s ignored: malformed", update.update_id, exc_info=True)
+        return None
+
+
+def _translate(update: Update, me: BotIdentity) -> IncomingMessage | None:
+    """to_incoming, trusting the update's shape."""
     message = update.message
     if message is None:
         logger.debug("update %s ignored: not a new message (edit, channel post, ...)", update.update_id)
@@ -36,6 +47,10 @@ def to_incoming(update: Update, me: BotIdentity) -> IncomingMessage | None:
     if user is None or user.is_bot or message.sender_chat is not None:
         # Anonymous admins and channels speak as a chat, other bots as bots: not people to answer.
         logger.debug("update %s ignored: sender is not a person", update.update_id)
+        return None
+    if message.text is None and message.caption is None and message.effective_attachment is None:
+        # Members joined, a title changed, a message was pinned...: nothing was said to anyone.
+        logger.debug("update %s ignored: service message", update.update_id)
         return None
     private = message.chat.type == ChatType.PRIVATE
     text, entities = _text_and_entities(message)

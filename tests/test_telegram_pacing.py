@@ -1,0 +1,197 @@
+"""FloodGate on virtual time: per-chat spacing, the global cap, penalties, concurrent writers, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Awaitable
+from typing import Any
+
+import pytest
+
+from adapters import telegram_pacing
+from adapters.telegram_pacing import (
+    FORGET_EVERY,
+    GLOBAL_PER_S,
+    GLOBAL_WINDOW_S,
+    GROUP_INTERVAL_S,
+    PRIVATE_BURST,
+    PRIVATE_INTERVAL_S,
+    FloodGate,
+)
+
+START = 1000.0
+ALICE = 5100000001
+BOB = 5100000002
+GROUP = -1002100000001
+# Scheduling rounds a driver allows before deciding the tasks are stuck.
+MAX_IDLE_ROUNDS = 50
+
+
+class VirtualTime:
+    """A clock and a sleep for FloodGate: time jumps to the next wake-up once every task is asleep."""
+
+    def __init__(self) -> None:
+        self.now = START
+        self.sleeps: list[float] = []
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def clock(self) -> float:
+        """Virtual seconds."""
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep in virtual time."""
+        self.sleeps.append(seconds)
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), woken))
+        await woken
+
+    async def run(self, *coroutines: Awaitable[Any]) -> list[Any]:
+        """Run coroutines to the end, advancing time whenever all of them sleep."""
+        tasks = [asyncio.ensure_future(c) for c in coroutines]
+        idle = 0
+        while not all(task.done() for task in tasks):
+            for _ in range(3):
+                await asyncio.sleep(0)  # let every runnable task reach its next sleep
+            if self._sleepers:
+                at, _, woken = heapq.heappop(self._sleepers)
+                self.now = max(self.now, at)
+                woken.set_result(None)
+                idle = 0
+            else:
+                idle += 1
+                assert idle < MAX_IDLE_ROUNDS, "tasks neither finish nor sleep"
+        return [task.result() for task in tasks]
+
+
+@pytest.fixture
+def time() -> VirtualTime:
+    """Virtual time."""
+    return VirtualTime()
+
+
+@pytest.fixture
+def gate(time: VirtualTime) -> FloodGate:
+    """A FloodGate on virtual time."""
+    return FloodGate(clock=time.clock, sleep=time.sleep)
+
+
+async def writes(gate: FloodGate, time: VirtualTime, chat_id: int, count: int) -> list[float]:
+    """`count` writes to one chat, one after the other; when each was let through (from START)."""
+    admitted = []
+    for _ in range(count):
+        await gate.wait(chat_id, group=chat_id < 0)
+        admitted.append(round(time.now - START, 6))
+    return admitted
+
+
+async def one_write(gate: FloodGate, time: VirtualTime, chat_id: int) -> float:
+    """One write; when it was let through (from START)."""
+    await gate.wait(chat_id, group=chat_id < 0)
+    return round(time.now - START, 6)
+
+
+def test_intervals_stay_under_telegrams_limits() -> None:
+    assert PRIVATE_INTERVAL_S == 1.05  # about 1 message per second per chat
+    assert GROUP_INTERVAL_S == 3.1  # 20 per minute per group
+    assert 60 / GROUP_INTERVAL_S < 20
+    assert GLOBAL_PER_S / GLOBAL_WINDOW_S <= 28  # about 30 per second overall
+    assert 1 <= PRIVATE_BURST <= 3
+
+
+async def test_private_chat_writes_burst_then_are_spaced(gate: FloodGate, time: VirtualTime) -> None:
+    (admitted,) = await time.run(writes(gate, time, ALICE, 6))
+    # PRIVATE_BURST back to back (a draft, then the final message), then one per interval.
+    assert admitted == [0.0, 0.0, 1.05, 2.1, 3.15, 4.2]
+
+
+async def test_group_writes_are_spaced_without_burst(gate: FloodGate, time: VirtualTime) -> None:
+    (admitted,) = await time.run(writes(gate, time, GROUP, 4))
+    assert admitted == [0.0, 3.1, 6.2, 9.3]
+
+
+async def test_chats_do_not_wait_for_each_other(gate: FloodGate, time: VirtualTime) -> None:
+    first = await time.run(*(writes(gate, time, chat, 3) for chat in (ALICE, BOB, GROUP)))
+    assert first == [[0.0, 0.0, 1.05], [0.0, 0.0, 1.05], [0.0, 3.1, 6.2]]
+
+
+async def test_at_most_global_per_s_writes_in_any_window(gate: FloodGate, time: VirtualTime) -> None:
+    admitted = await time.run(*(one_write(gate, time, ALICE + i) for i in range(100)))
+    assert admitted.count(0.0) == GLOBAL_PER_S
+    for start in admitted:
+        in_window = [t for t in admitted if start <= t < start + GLOBAL_WINDOW_S]
+        assert len(in_window) <= GLOBAL_PER_S
+    assert max(admitted) == 3.0  # 100 writes: 28 + 28 + 28 + 16, a second apart
+
+
+async def test_penalize_holds_back_that_chat_only(gate: FloodGate, time: VirtualTime) -> None:
+    await time.run(writes(gate, time, ALICE, 1))
+    gate.penalize(ALICE, 5.0)  # Telegram said retry_after=5
+    penalized, other = await time.run(writes(gate, time, ALICE, 3), writes(gate, time, BOB, 1))
+    assert penalized == [5.0, 6.05, 7.1]  # no burst right after a penalty
+    assert other == [0.0]
+
+
+async def test_penalize_in_a_group_waits_at_least_retry_after(gate: FloodGate, time: VirtualTime) -> None:
+    await time.run(writes(gate, time, GROUP, 1))
+    gate.penalize(GROUP, 5.0)
+    (after,) = await time.run(writes(gate, time, GROUP, 2))
+    assert after[0] >= 5.0
+    assert after[1] - after[0] == pytest.approx(GROUP_INTERVAL_S)
+
+
+async def test_penalize_never_brings_a_slot_forward(gate: FloodGate, time: VirtualTime) -> None:
+    await time.run(writes(gate, time, GROUP, 3))  # the next slot is at 9.3
+    gate.penalize(GROUP, 1.0)
+    assert await time.run(writes(gate, time, GROUP, 1)) == [[9.3]]
+
+
+async def test_concurrent_writers_to_one_chat_get_distinct_increasing_slots(
+    gate: FloodGate, time: VirtualTime
+) -> None:
+    order: list[int] = []
+
+    async def writer(index: int) -> float:
+        admitted = await one_write(gate, time, GROUP)
+        order.append(index)
+        return admitted
+
+    admitted = await time.run(*(writer(i) for i in range(5)))
+    assert admitted == [0.0, 3.1, 6.2, 9.3, 12.4]  # first come, first served
+    assert order == [0, 1, 2, 3, 4]
+    private = await time.run(*(one_write(gate, time, ALICE) for _ in range(4)))
+    assert private == [12.4, 12.4, 13.45, 14.5]
+
+
+async def test_forget_idle_drops_only_chats_without_a_future_slot(gate: FloodGate, time: VirtualTime) -> None:
+    await time.run(*(writes(gate, time, chat, 1) for chat in (ALICE, BOB, GROUP)))
+    gate.penalize(BOB, 100.0)
+    time.now += 10
+    gate.forget_idle()
+    assert set(gate._tat) == {BOB}  # the internal table is what forget_idle bounds
+    # The penalty still holds; the others start afresh.
+    assert await time.run(writes(gate, time, ALICE, 1), writes(gate, time, BOB, 1)) == [[10.0], [100.0]]
+
+
+async def test_memory_stays_bounded_over_many_chats(gate: FloodGate, time: VirtualTime) -> None:
+    sizes = []
+
+    async def many_chats() -> None:
+        for chat in range(1, 3 * FORGET_EVERY + 1):
+            await gate.wait(chat, group=False)
+            sizes.append(len(gate._tat))
+
+    await time.run(many_chats())
+    # What survives a sweep is the chats written in the last interval: at most two global windows.
+    assert max(sizes) <= FORGET_EVERY + 2 * GLOBAL_PER_S
+    assert sizes[-1] <= 2 * GLOBAL_PER_S  # just swept
+
+
+async def test_the_module_intervals_are_read_at_each_write(
+    gate: FloodGate, time: VirtualTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_pacing, "GROUP_INTERVAL_S", 0.5)
+    assert await time.run(writes(gate, time, GROUP, 3)) == [[0.0, 0.5, 1.0]]
