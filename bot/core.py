@@ -60,6 +60,7 @@ class _Job:
     """One accepted message waiting for its turn."""
 
     message: IncomingMessage
+    key: str
     sink: ReplySink
     overrides: Overrides
     inbox_id: int
@@ -97,8 +98,9 @@ class BotCore:
         if not self.should_answer(message):
             logger.debug("ignoring unaddressed %s message %s", message.platform, message.message_id)
             return None
+        key = conversation_key(message, self._settings.group_context)
         # Reserve the place before the first await, so arrival order is the answer order.
-        slot = self._queue.reserve(conversation_key(message, self._settings.group_context))
+        slot = self._queue.reserve(key)
         try:
             inbox_id = await self._store.inbox_add(
                 message.platform, message.chat_id, message.message_id, _payload(message)
@@ -110,7 +112,7 @@ class BotCore:
             logger.info("duplicate %s message %s ignored", message.platform, message.message_id)
             slot.skip()
             return None
-        job = _Job(message, sink, overrides or Overrides(), inbox_id)
+        job = _Job(message, key, sink, overrides or Overrides(), inbox_id)
         return slot.fill(lambda: self._handle(job))
 
     async def _handle(self, job: _Job) -> Reply:
@@ -141,7 +143,7 @@ class BotCore:
     async def _dispatch(self, job: _Job) -> tuple[Reply, bool]:
         """Route to a command or the model; the flag says the turn closed the inbox entry."""
         message = job.message
-        conversation = await self._store.conversation(conversation_key(message, self._settings.group_context))
+        conversation = await self._store.conversation(job.key)
         command = parse_command(message.text.strip())
         if command is not None:
             shared = message.chat_kind is ChatKind.GROUP and self._settings.group_context == "shared"
