@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -30,7 +31,15 @@ class DiscordAdapter:
 
     name = "discord"
 
-    def __init__(self, core: BotCore, settings: Settings) -> None:
+    def __init__(
+        self, core: BotCore, settings: Settings, client_options: dict[str, Any] | None = None
+    ) -> None:
+        """Build the client and its slash commands.
+
+        Args:
+            client_options: extra keyword arguments for the discord.py client (tests pass a
+                short ``guild_ready_timeout``).
+        """
         assert settings.discord_bot_token is not None
         self._core = core
         self._settings = settings
@@ -38,7 +47,7 @@ class DiscordAdapter:
         # Without the privileged intent Discord still sends the content of DMs and mentions.
         intents.message_content = settings.discord_message_content
         client_class = discord.AutoShardedClient if settings.discord_sharded else discord.Client
-        self.client: discord.Client = client_class(intents=intents)
+        self.client: discord.Client = client_class(intents=intents, **(client_options or {}))
         self.client.on_message = self._on_message  # type: ignore[attr-defined]
         self._tree = app_commands.CommandTree(self.client)
         self._add_commands()

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from adapters.rate_window import RateWindow
 
 # Discord allows 5 message writes per 5 s per channel, but discord.py holds back the request
 # that empties a bucket until it resets (~5 s): keep to 4 per window on the path to an answer.
 WRITES_PER_WINDOW = 4
 WINDOW_S = 5.0
+# Discord's global limit is 50 requests/s per bot; typing indicators get only what answers leave.
+GLOBAL_PER_S = 45
+TYPING_RESERVE = 15
 
 # Idle chats are forgotten every this many writes, so memory stays bounded.
 FORGET_EVERY = 1024
@@ -28,6 +34,20 @@ class ChannelGate:
         self._sleep = sleep
         self._waits = 0
         self._slots: dict[int, deque[float]] = {}
+        self._global = RateWindow(GLOBAL_PER_S, 1.0, clock, sleep)
+
+    @asynccontextmanager
+    async def write(self, channel_id: int) -> AsyncIterator[None]:
+        """Hold the channel's next slot and a share of the bot-wide budget for one write."""
+        await self.wait(channel_id)
+        async with self._global.slot():
+            yield
+
+    @asynccontextmanager
+    async def typing(self) -> AsyncIterator[bool]:
+        """A bot-wide slot for a typing indicator, only if answers leave one free now."""
+        async with self._global.slot_if_free(reserve=TYPING_RESERVE) as free:
+            yield free
 
     async def wait(self, channel_id: int) -> None:
         """Wait for the channel's next free slot (reserved before sleeping)."""

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 DISCORD_MAX_MESSAGE_LEN = 2000
 # Typing shows for about 10 s; refreshing sooner only spends rate limit.
 TYPING_REFRESH_S = 9.0
+TYPING_DELAY_S = 0.4
 NO_PINGS = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=False)
 
 
@@ -43,21 +44,22 @@ class ChannelSink:
 
     async def send(self, text: str) -> str:
         """Post a message; only the first of an answer is a reply (without pinging anyone)."""
-        await self._gate.wait(self._channel_id)
-        reference, self._reply_to = self._reply_to, None
-        message = await self._channel.send(
-            text, reference=reference, mention_author=False, allowed_mentions=NO_PINGS
-        )
+        question, self._reply_to = self._reply_to, None
+        # A question deleted meanwhile still gets its answer, as a plain message.
+        reference = question.to_reference(fail_if_not_exists=False) if question is not None else None
+        async with self._gate.write(self._channel_id):
+            message = await self._channel.send(
+                text, reference=reference, mention_author=False, allowed_mentions=NO_PINGS
+            )
         self._visible.set()
         self._messages[str(message.id)] = message
         return str(message.id)
 
     async def edit(self, message_id: str, text: str) -> None:
         """Edit a message sent earlier."""
-        await self._gate.wait(self._channel_id)
-        self._messages[message_id] = await self._messages[message_id].edit(
-            content=text, allowed_mentions=NO_PINGS
-        )
+        async with self._gate.write(self._channel_id):
+            edited = await self._messages[message_id].edit(content=text, allowed_mentions=NO_PINGS)
+        self._messages[message_id] = edited
 
     @asynccontextmanager
     async def typing(self) -> AsyncIterator[None]:
@@ -71,10 +73,14 @@ class ChannelSink:
                 await task
 
     async def _keep_typing(self) -> None:
-        """Trigger typing, again only if nothing is visible after it expires."""
+        """Trigger typing after a short delay (a fast answer needs none), again only if it expires."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._visible.wait(), TYPING_DELAY_S)
         while not self._visible.is_set():
             try:
-                await self._channel.typing()
+                async with self._gate.typing() as free:
+                    if free:  # skipped when answers need the bot-wide budget
+                        await self._channel.typing()
             except discord.HTTPException as exc:  # cosmetic: never fail an answer over it
                 logger.debug("typing failed in channel %s: %s", self._channel_id, exc)
             with suppress(TimeoutError):

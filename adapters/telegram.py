@@ -249,6 +249,7 @@ def _build_application(settings: Settings) -> Application:
         .base_url(base)
         .base_file_url(file_base)
         .updater(None)
-        .connection_pool_size(64)
+        # More connections cost httpcore bookkeeping on every request; writes are paced anyway.
+        .connection_pool_size(16)
         .build()
     )

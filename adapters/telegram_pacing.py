@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from adapters.rate_window import RateWindow
 
 # Published limits are approximate: about 1 message/s per chat (short bursts tolerated),
 # 20 per minute per group, about 30/s overall; edits count. Stay a little under each.
@@ -16,6 +18,9 @@ PRIVATE_BURST = 2
 GROUP_INTERVAL_S = 3.1
 GLOBAL_PER_S = 28
 GLOBAL_WINDOW_S = 1.0
+# Global slots only first messages of answers may take, so a new answer appears promptly
+# even while many answers are being edited.
+RESERVED_FOR_FIRST = 6
 
 # Idle chats are forgotten every this many writes, so memory stays bounded.
 FORGET_EVERY = 1024
@@ -37,10 +42,22 @@ class FloodGate:
         self._sleep = sleep
         self._waits = 0
         self._tat: dict[int, float] = {}
-        self._recent: deque[float] = deque()
+        self._global = RateWindow(GLOBAL_PER_S, GLOBAL_WINDOW_S, clock, sleep)
 
     async def wait(self, chat_id: int, group: bool) -> None:
-        """Wait until a write to `chat_id` is allowed, and count it."""
+        """Wait until a write to `chat_id` is allowed, and count it as done now."""
+        async with self.slot(chat_id, group):
+            pass
+
+    @asynccontextmanager
+    async def slot(self, chat_id: int, group: bool, first: bool = False) -> AsyncIterator[None]:
+        """Hold a write's slot for the duration of the request (`first`: an answer's first text)."""
+        await self._chat_slot(chat_id, group)
+        async with self._global.slot(reserve=0 if first else RESERVED_FOR_FIRST):
+            yield
+
+    async def _chat_slot(self, chat_id: int, group: bool) -> None:
+        """Wait for the chat's next slot (GCRA)."""
         self._waits += 1
         if self._waits % FORGET_EVERY == 0:
             self.forget_idle()
@@ -53,18 +70,6 @@ class FloodGate:
         start = tat - tolerance
         if start > now:
             await self._sleep(start - now)
-        await self._global_slot()
-
-    async def _global_slot(self) -> None:
-        """Wait until fewer than GLOBAL_PER_S writes happened in the last second."""
-        while True:
-            now = self._clock()
-            while self._recent and self._recent[0] <= now - GLOBAL_WINDOW_S:
-                self._recent.popleft()
-            if len(self._recent) < GLOBAL_PER_S:
-                self._recent.append(now)
-                return
-            await self._sleep(self._recent[0] + GLOBAL_WINDOW_S - now)
 
     def penalize(self, chat_id: int, seconds: float) -> None:
         """Telegram said retry_after: nothing goes to that chat until then, and no burst after."""

@@ -29,6 +29,7 @@ MAX_ATTEMPTS = 5
 NETWORK_BACKOFF_S = 1.0
 # Telegram shows "typing…" for about 5 s per action.
 TYPING_REFRESH_S = 4.5
+TYPING_DELAY_S = 0.4
 NOT_MODIFIED = "message is not modified"
 
 T = TypeVar("T")
@@ -112,7 +113,13 @@ class TelegramSink:
                 await task
 
     async def _keep_typing(self) -> None:
-        """Refresh the typing action while nothing is visible yet."""
+        """Refresh the typing action while nothing is visible yet.
+
+        Not at once: a fast answer is visible before TYPING_DELAY_S, and a typing action it
+        would not need costs a request and a share of the flood budget.
+        """
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._visible.wait(), TYPING_DELAY_S)
         while not self._visible.is_set():
             try:
                 await self._bot.send_chat_action(
@@ -185,9 +192,11 @@ class TelegramSink:
     async def _call(self, request: Callable[[], Awaitable[T]]) -> T:
         """One paced write, retried on flood control and network errors within bounds."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            await self._gate.wait(self._chat_id, group=not self._private)
+            # An answer's first text gets the global slots kept for first messages.
+            first = not self._visible.is_set()
             try:
-                return await request()
+                async with self._gate.slot(self._chat_id, group=not self._private, first=first):
+                    return await request()
             except RetryAfter as exc:
                 wait = retry_seconds(exc)
                 logger.warning("flood control in chat %s: retrying in %.0f s", self._chat_id, wait)

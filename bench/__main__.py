@@ -1,4 +1,4 @@
-"""`python -m bench [core] [local] [--json]`: run the benchmarks and print one table."""
+"""`python -m bench [core] [local] [telegram] [discord] [--json]`: run the benchmarks and print one table."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import asyncio
 import os
 import platform
 
-from bench import core_bench, local_bench
+from bench import core_bench, discord_bench, local_bench, telegram_bench
 from bench.core_bench import Row
 
-BENCHMARKS = ("core", "local")
+BENCHMARKS = ("core", "local", "telegram", "discord")
 
 
 def _run_core(cores: int) -> list[Row]:
@@ -40,6 +40,10 @@ def main() -> None:
         rows += _run_core(args.cores)
     if "local" in chosen:
         rows += asyncio.run(local_bench.run())  # unpinned: llama.cpp uses both cores either way
+    if "telegram" in chosen:
+        rows += asyncio.run(telegram_bench.run())  # unpinned: the bot and the fake run in separate processes
+    if "discord" in chosen:
+        rows += asyncio.run(discord_bench.run())  # unpinned: the bot and the fake run in separate processes
     if args.json:
         print(core_bench.as_json(rows))
         return

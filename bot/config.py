@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     database_path: Path | None = None
     group_context: Literal["per_user", "shared"] = "per_user"
     group_answer_all: bool = False
-    max_concurrent: int = Field(64, ge=1)
+    max_concurrent: int = Field(256, ge=1)
     shutdown_timeout_s: float = Field(20.0, ge=0)
 
     # HTTP API

@@ -82,8 +82,11 @@ class BotCore:
         return self._settings
 
     def should_answer(self, message: IncomingMessage) -> bool:
-        """Private chats always; groups when addressed, or always if configured."""
-        return message.chat_kind is ChatKind.PRIVATE or message.addressed or self._settings.group_answer_all
+        """Private chats always; groups when addressed, or every message with text if configured."""
+        if message.chat_kind is ChatKind.PRIVATE or message.addressed:
+            return True
+        # Without text (a join, a photo, content hidden by Discord) there is nothing to answer.
+        return self._settings.group_answer_all and bool(message.text.strip())
 
     async def submit(
         self, message: IncomingMessage, sink: ReplySink, overrides: Overrides | None = None

@@ -10,6 +10,10 @@ from bot.text import split_for_limit
 
 # Shown at the end of a message that is still being written.
 TYPING_MARKER = " ▌"
+# The first partial text waits this long after the first delta: an answer that completes
+# sooner goes out as one final message (one write instead of two), and the user still sees
+# text well within half a second of the model's first token.
+FIRST_RENDER_DELAY_S = 0.25
 
 
 class StreamWriter:
@@ -21,6 +25,7 @@ class StreamWriter:
         self._text = ""
         self._sent: list[tuple[str, str]] = []  # (message id, text shown)
         self._last_write = float("-inf")
+        self._first_delta_at: float | None = None
 
     @property
     def text(self) -> str:
@@ -35,7 +40,15 @@ class StreamWriter:
     async def feed(self, delta: str) -> None:
         """Take one delta; write to the sink when streaming and the interval has passed."""
         self._text += delta
-        if self._sink.can_stream and self._clock() - self._last_write >= self._sink.edit_interval_s:
+        if not self._sink.can_stream:
+            return
+        now = self._clock()
+        if self._first_delta_at is None:
+            self._first_delta_at = now
+        if (
+            now - self._first_delta_at >= FIRST_RENDER_DELAY_S
+            and now - self._last_write >= self._sink.edit_interval_s
+        ):
             await self._render(final=False)
 
     async def finish(self) -> None:

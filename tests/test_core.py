@@ -409,7 +409,8 @@ async def test_streaming_sink_gets_edits_and_exact_final_text(
     make_core: HarnessFactory, fake_openai: FakeOpenAI
 ) -> None:
     h = await make_core()
-    fake_openai.enqueue(TextReply(("Hel", "lo", " there")))
+    # Slow enough that partial text is shown (after FIRST_RENDER_DELAY_S) before the end.
+    fake_openai.enqueue(TextReply(("Hel", "lo", " the", "re"), chunk_delay_s=0.15))
     sink = RecordingSink(can_stream=True, edit_interval_s=0.0)
 
     await ask(h.core, message("greet me"), sink)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.streaming import TYPING_MARKER, StreamWriter
+from bot.streaming import FIRST_RENDER_DELAY_S, TYPING_MARKER, StreamWriter
 from tests.fakes.sink import RecordingSink
 
 INTERVAL_S = 1.0
@@ -81,41 +81,90 @@ async def test_non_streaming_long_text_split_into_messages(clock: FakeClock) -> 
 # -- streaming sinks -----------------------------------------------------------------------------
 
 
-async def test_first_delta_sent_at_once_then_edits_follow_the_interval(clock: FakeClock) -> None:
+def test_first_render_delay_is_short() -> None:
+    # Long enough to save the partial write of a short answer, short enough that text shows promptly.
+    assert 0 < FIRST_RENDER_DELAY_S <= 0.5
+
+
+async def test_first_render_waits_the_delay_then_edits_follow_the_interval(clock: FakeClock) -> None:
     sink = RecordingSink(edit_interval_s=INTERVAL_S)
     writer = StreamWriter(sink, clock)
+    clock.advance(10)  # the delay counts from the first delta, not from the writer's creation
 
-    await writer.feed("Hello")
-    assert sink.events == [("send", "1", "Hello" + TYPING_MARKER)]
+    await writer.feed("Hel")
+    assert sink.events == []
+    clock.advance(FIRST_RENDER_DELAY_S / 2)
+    await writer.feed("lo")
+    assert sink.events == []
 
-    clock.advance(0.25)
+    clock.advance(FIRST_RENDER_DELAY_S / 2)  # exactly the delay after the first delta
     await writer.feed(",")
+    assert sink.events == [("send", "1", "Hello," + TYPING_MARKER)]
+
     clock.advance(0.5)
     await writer.feed(" wor")
+    clock.advance(0.25)
+    await writer.feed("ld")
     assert sink.edits == []
 
     clock.advance(0.25)  # exactly one interval after the send
-    await writer.feed("ld")
-    assert sink.edits == [("1", "Hello, world" + TYPING_MARKER)]
+    await writer.feed("!")
+    assert sink.edits == [("1", "Hello, world!" + TYPING_MARKER)]
 
     clock.advance(0.75)
-    await writer.feed("!")
+    await writer.feed(" Bye.")
     assert len(sink.edits) == 1
 
     await writer.finish()
-    assert sink.edits[-1] == ("1", "Hello, world!")
-    assert sink.final_texts == ["Hello, world!"]
+    assert sink.edits[-1] == ("1", "Hello, world! Bye.")
+    assert sink.final_texts == ["Hello, world! Bye."]
     assert len(sink.sent) == 1
+
+
+@pytest.mark.parametrize("interval_s", [0.0, INTERVAL_S])
+async def test_answer_finished_within_the_delay_is_sent_once_and_never_edited(
+    clock: FakeClock, interval_s: float
+) -> None:
+    sink = RecordingSink(edit_interval_s=interval_s)
+    writer = StreamWriter(sink, clock)
+    await writer.feed("Hel")
+    for delta in ["lo", ", ", "world"]:
+        clock.advance(FIRST_RENDER_DELAY_S / 4)
+        await writer.feed(delta)
+    clock.advance(FIRST_RENDER_DELAY_S / 4 - 1e-6)  # the last delta comes just before the delay ends
+    await writer.feed("!")
+    assert sink.events == []
+    await writer.finish()
+    assert sink.events == [("send", "1", "Hello, world!")]
+    assert sink.edits == []
+    assert writer.message_ids == ["1"]
+
+
+async def test_long_answer_finished_within_the_delay_is_only_sent(clock: FakeClock) -> None:
+    sink = RecordingSink(max_message_len=300, edit_interval_s=0.0)
+    writer = StreamWriter(sink, clock)
+    deltas = words(200)
+    for delta in deltas:  # all at once: a fast model
+        await writer.feed(delta)
+    assert sink.events == []
+    await writer.finish()
+    assert len(sink.sent) > 1
+    assert sink.edits == []
+    assert all(not text.endswith(TYPING_MARKER) for text in sink.sent)
+    assert " ".join(sink.final_texts).split() == "".join(deltas).split()
 
 
 async def test_interval_counts_from_the_last_write(clock: FakeClock) -> None:
     sink = RecordingSink(edit_interval_s=INTERVAL_S)
     writer = StreamWriter(sink, clock)
     await writer.feed("a")
+    clock.advance(FIRST_RENDER_DELAY_S)
+    await writer.feed(" b")
+    assert sink.events == [("send", "1", "a b" + TYPING_MARKER)]
     for step in range(1, 21):
         clock.advance(0.25)
         await writer.feed(f" {step}")
-    # 5 s of deltas every 0.25 s: one write per second of fake time.
+    # 5 s of deltas every 0.25 s after the send: one write per second of fake time.
     assert len(sink.edits) == 5
     assert len(sink.sent) == 1
 
@@ -123,7 +172,10 @@ async def test_interval_counts_from_the_last_write(clock: FakeClock) -> None:
 async def test_marker_on_in_progress_edits_never_in_final_texts(clock: FakeClock) -> None:
     sink = RecordingSink(max_message_len=300, edit_interval_s=INTERVAL_S)
     writer = StreamWriter(sink, clock)
-    for delta in words(150):
+    first, *rest = words(150)
+    await writer.feed(first)
+    assert sink.events == []  # within the first-render delay
+    for delta in rest:
         clock.advance(0.5)
         await writer.feed(delta)
         *earlier, newest = sink.final_texts
@@ -175,6 +227,9 @@ async def test_no_edit_when_text_unchanged(clock: FakeClock) -> None:
     sink = RecordingSink(edit_interval_s=INTERVAL_S)
     writer = StreamWriter(sink, clock)
     await writer.feed("Same")
+    clock.advance(FIRST_RENDER_DELAY_S)
+    await writer.feed("")
+    assert sink.events == [("send", "1", "Same" + TYPING_MARKER)]
     clock.advance(5)
     await writer.feed("")
     clock.advance(5)
@@ -186,10 +241,13 @@ async def test_no_edit_when_text_unchanged(clock: FakeClock) -> None:
     assert sink.edits == [("1", "Same")]
 
 
-async def test_finish_without_streamed_writes_sends_once(clock: FakeClock) -> None:
+async def test_whitespace_only_text_writes_nothing_and_starts_no_interval(clock: FakeClock) -> None:
     sink = RecordingSink(edit_interval_s=INTERVAL_S)
     writer = StreamWriter(sink, clock)
-    await writer.feed("   ")  # nothing to show yet, so nothing written and the timer not started
+    await writer.feed("  ")  # the first delta starts the first-render delay
+    clock.advance(FIRST_RENDER_DELAY_S)
+    await writer.feed(" ")  # nothing to show yet, so nothing written and the interval not started
+    assert sink.events == []
     await writer.feed("Answer")
     assert sink.events == [("send", "1", "   Answer" + TYPING_MARKER)]
     await writer.finish()
@@ -218,6 +276,17 @@ async def test_nothing_fed_sends_nothing(clock: FakeClock) -> None:
 async def test_failed_send_propagates(clock: FakeClock) -> None:
     sink = RecordingSink(fail_on_send=ConnectionError("platform down"))
     writer = StreamWriter(sink, clock)
+    await writer.feed("Hello")  # within the delay: nothing sent yet
+    clock.advance(FIRST_RENDER_DELAY_S)
     with pytest.raises(ConnectionError, match="platform down"):
-        await writer.feed("Hello")
+        await writer.feed(" there")
+    assert writer.message_ids == []
+
+
+async def test_failed_final_send_within_the_delay_propagates(clock: FakeClock) -> None:
+    sink = RecordingSink(fail_on_send=ConnectionError("platform down"))
+    writer = StreamWriter(sink, clock)
+    await writer.feed("Hello")
+    with pytest.raises(ConnectionError, match="platform down"):
+        await writer.finish()
     assert writer.message_ids == []

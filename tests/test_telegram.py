@@ -224,6 +224,27 @@ async def test_private_context_survives_turns_and_restart(
     assert len(model_requests(fake_openai)) == 3
 
 
+async def test_typing_action_only_when_the_answer_is_not_visible_within_the_delay(
+    tg: FakeTelegram, tg_settings: SettingsFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with running_bot(tg_settings()):
+        tg.push_update(tg.private_text(ALICE, "quick question"))  # the fake model answers at once
+        await until(lambda: len(tg.texts(ALICE)) == 1, "the fast answer")
+        slow = TextReply(("Let me ", "think."), chunk_delay_s=2 * telegram_sink.TYPING_DELAY_S)
+        fake_openai.enqueue(slow)
+        tg.push_update(tg.private_text(ALICE, "hard question"))
+        await until(lambda: tg.texts(ALICE)[1:] == [slow.text], "the slow answer")
+    calls = [
+        c.method
+        for c in tg.calls
+        if c.method in (*WRITES, "sendChatAction") and c.params.get("chat_id") == ALICE
+    ]
+    # The fast answer: one message, no typing. The slow one: typing once, then its text.
+    assert calls[:2] == ["sendMessage", "sendChatAction"]
+    assert "sendChatAction" not in calls[2:]
+    assert calls[-1] == "sendMessage"
+
+
 async def test_commands_are_registered_for_private_chats_and_groups(
     tg: FakeTelegram, tg_settings: SettingsFactory
 ) -> None:
@@ -308,6 +329,8 @@ async def test_group_users_and_forum_topics_have_separate_contexts(
 
         in_topic = tg.push_update(tg.group_text(FORUM, ALICE, f"{MENTION} deploy status?", thread_id=42))
         await until(lambda: len(settled(tg, FORUM)) == 1, "the answer in topic 42")
+        # Slow enough that the typing action is sent (a fast answer needs none).
+        fake_openai.enqueue(TextReply(("Pizza ", "at noon."), chunk_delay_s=2 * telegram_sink.TYPING_DELAY_S))
         tg.push_update(tg.group_text(FORUM, ALICE, f"{MENTION} lunch plans?", thread_id=43))
         await until(lambda: len(settled(tg, FORUM)) == 2, "the answer in topic 43")
 
@@ -319,7 +342,8 @@ async def test_group_users_and_forum_topics_have_separate_contexts(
     first, second = tg.messages(FORUM)
     assert (first["message_thread_id"], second["message_thread_id"]) == (42, 43)
     assert first["reply_to_message"]["message_id"] == in_topic["message"]["message_id"]
-    assert tg.calls_of("sendChatAction")[-1].params["message_thread_id"] == 43
+    typing = tg.calls_of("sendChatAction")[-1]
+    assert (typing.params["chat_id"], typing.params["message_thread_id"]) == (FORUM, 43)
 
 
 # ---------------------------------------------------------------- long answers

@@ -6,6 +6,8 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Awaitable
+from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from adapters.telegram_pacing import (
     GROUP_INTERVAL_S,
     PRIVATE_BURST,
     PRIVATE_INTERVAL_S,
+    RESERVED_FOR_FIRST,
     FloodGate,
 )
 
@@ -27,6 +30,12 @@ BOB = 5100000002
 GROUP = -1002100000001
 # Scheduling rounds a driver allows before deciding the tasks are stuck.
 MAX_IDLE_ROUNDS = 50
+# Virtual time a driver allows before deciding a writer waits forever (the gate polls in-flight slots).
+MAX_VIRTUAL_S = 3600.0
+# Global slots in a window for writes that are not an answer's first text.
+NON_FIRST_PER_S = GLOBAL_PER_S - RESERVED_FOR_FIRST
+# Below the rounding of virtual times, far below any interval.
+EPSILON_S = 1e-6
 
 
 class VirtualTime:
@@ -59,6 +68,7 @@ class VirtualTime:
             if self._sleepers:
                 at, _, woken = heapq.heappop(self._sleepers)
                 self.now = max(self.now, at)
+                assert self.now < START + MAX_VIRTUAL_S, "a writer waits forever"
                 woken.set_result(None)
                 idle = 0
             else:
@@ -94,6 +104,54 @@ async def one_write(gate: FloodGate, time: VirtualTime, chat_id: int) -> float:
     return round(time.now - START, 6)
 
 
+@dataclass(frozen=True)
+class Held:
+    """One write through `slot`: when it was let through and when its request ended (from START)."""
+
+    admitted: float
+    finished: float
+    first: bool
+
+
+async def held_write(
+    gate: FloodGate,
+    time: VirtualTime,
+    chat_id: int,
+    *,
+    first: bool = False,
+    request_s: float = 0.0,
+    after_s: float = 0.0,
+) -> Held:
+    """Start after `after_s`, then one write whose request takes `request_s` inside its slot."""
+    if after_s:
+        await time.sleep(after_s)
+    async with gate.slot(chat_id, group=chat_id < 0, first=first):
+        admitted = time.now
+        if request_s:
+            await time.sleep(request_s)
+    return Held(round(admitted - START, 6), round(time.now - START, 6), first)
+
+
+def counted_at(held: list[Held], moment: float, first: bool | None = None) -> int:
+    """Writes the gate counts at `moment`: from leaving the gate until a window after their response.
+
+    A write that ended exactly a window before `moment` no longer counts (times are rounded floats).
+    """
+    return sum(
+        1
+        for w in held
+        if w.admitted <= moment < w.finished + GLOBAL_WINDOW_S - EPSILON_S
+        and (first is None or w.first == first)
+    )
+
+
+def assert_within_global_limits(held: list[Held]) -> None:
+    """Whenever a write left the gate, the counted writes fit their caps (it included)."""
+    for write in held:
+        assert counted_at(held, write.admitted) <= GLOBAL_PER_S
+        assert counted_at(held, write.admitted, first=False) <= NON_FIRST_PER_S
+
+
 def test_intervals_stay_under_telegrams_limits() -> None:
     assert PRIVATE_INTERVAL_S == 1.05  # about 1 message per second per chat
     assert GROUP_INTERVAL_S == 3.1  # 20 per minute per group
@@ -118,13 +176,97 @@ async def test_chats_do_not_wait_for_each_other(gate: FloodGate, time: VirtualTi
     assert first == [[0.0, 0.0, 1.05], [0.0, 0.0, 1.05], [0.0, 3.1, 6.2]]
 
 
-async def test_at_most_global_per_s_writes_in_any_window(gate: FloodGate, time: VirtualTime) -> None:
+def test_some_global_slots_are_reserved_for_first_texts() -> None:
+    assert 0 < RESERVED_FOR_FIRST < GLOBAL_PER_S
+    assert NON_FIRST_PER_S >= GLOBAL_PER_S / 2  # edits still get most of the budget
+
+
+async def test_at_most_non_first_cap_writes_in_any_window(gate: FloodGate, time: VirtualTime) -> None:
+    # wait() is a write that is not an answer's first text, counted as finished at once.
     admitted = await time.run(*(one_write(gate, time, ALICE + i) for i in range(100)))
+    assert admitted.count(0.0) == NON_FIRST_PER_S
+    for start in admitted:
+        in_window = [t for t in admitted if start <= t < start + GLOBAL_WINDOW_S]
+        assert len(in_window) <= NON_FIRST_PER_S
+    assert max(admitted) == 4.0  # 100 writes: 22 + 22 + 22 + 22 + 12, a second apart
+
+
+async def test_at_most_global_per_s_writes_in_any_window(gate: FloodGate, time: VirtualTime) -> None:
+    # First texts may use every slot, the reserved ones included.
+    held = await time.run(*(held_write(gate, time, ALICE + i, first=True) for i in range(100)))
+    admitted = [w.admitted for w in held]
     assert admitted.count(0.0) == GLOBAL_PER_S
     for start in admitted:
         in_window = [t for t in admitted if start <= t < start + GLOBAL_WINDOW_S]
         assert len(in_window) <= GLOBAL_PER_S
     assert max(admitted) == 3.0  # 100 writes: 28 + 28 + 28 + 16, a second apart
+
+
+async def test_first_texts_get_the_reserved_slots_while_edits_saturate(
+    gate: FloodGate, time: VirtualTime
+) -> None:
+    edits = [held_write(gate, time, ALICE + i) for i in range(100)]
+    # New answers arrive while the edits have used up their share of the window.
+    firsts = [held_write(gate, time, BOB + i, first=True, after_s=1.5) for i in range(RESERVED_FOR_FIRST + 1)]
+    held = await time.run(*edits, *firsts)
+    *prompt, late = held[len(edits) :]
+    assert [w.admitted for w in prompt] == [1.5] * RESERVED_FOR_FIRST
+    assert late.admitted == 2.0  # every slot taken until the writes of 1.0 leave the window
+    assert_within_global_limits(held)
+    # The edits never took a reserved slot, and used the rest of the budget.
+    assert [w.admitted for w in held[:NON_FIRST_PER_S]] == [0.0] * NON_FIRST_PER_S
+    assert held[NON_FIRST_PER_S].admitted == 1.0
+
+
+@pytest.mark.parametrize("request_s", [0.3, 2.5])
+async def test_a_write_counts_until_a_window_after_its_response(
+    gate: FloodGate, time: VirtualTime, request_s: float
+) -> None:
+    # Every non-first slot held by requests that take `request_s`; the next edit waits for the first
+    # of them to end, then a whole window more (Telegram counts a write when it arrives).
+    slow = [held_write(gate, time, ALICE + i, request_s=request_s) for i in range(NON_FIRST_PER_S)]
+    late_edit = held_write(gate, time, BOB, after_s=0.1)
+    firsts = [
+        held_write(gate, time, BOB + 1 + i, first=True, after_s=0.1) for i in range(RESERVED_FOR_FIRST + 1)
+    ]
+    held = await time.run(*slow, late_edit, *firsts)
+    assert {w.finished for w in held[:NON_FIRST_PER_S]} == {request_s}
+    assert held[NON_FIRST_PER_S].admitted == pytest.approx(request_s + GLOBAL_WINDOW_S)
+    # First texts take the reserved slots meanwhile, and no more.
+    *prompt, late_first = held[NON_FIRST_PER_S + 1 :]
+    assert [w.admitted for w in prompt] == [0.1] * RESERVED_FOR_FIRST
+    assert late_first.admitted == pytest.approx(0.1 + GLOBAL_WINDOW_S)  # when those of 0.1 leave the window
+    assert_within_global_limits(held)
+
+
+async def test_a_failed_write_counts_too(gate: FloodGate, time: VirtualTime) -> None:
+    async def failing(chat_id: int) -> None:
+        async with gate.slot(chat_id, group=False):
+            await time.sleep(0.5)
+            raise ConnectionError("reset")  # the request may well have reached Telegram
+
+    async def attempt(chat_id: int) -> None:
+        with suppress(ConnectionError):
+            await failing(chat_id)
+
+    await time.run(*(attempt(ALICE + i) for i in range(NON_FIRST_PER_S)))
+    assert await time.run(one_write(gate, time, BOB)) == [1.5]
+
+
+async def test_global_limits_hold_for_mixed_writes(gate: FloodGate, time: VirtualTime) -> None:
+    workload = [
+        held_write(
+            gate,
+            time,
+            ALICE + i,
+            first=i % 4 == 0,
+            request_s=(0.0, 0.05, 0.4, 1.3)[i % 7 % 4],
+            after_s=(i % 11) * 0.17,
+        )
+        for i in range(300)
+    ]
+    held = await time.run(*workload)
+    assert_within_global_limits(held)
 
 
 async def test_penalize_holds_back_that_chat_only(gate: FloodGate, time: VirtualTime) -> None:
