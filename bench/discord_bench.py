@@ -247,6 +247,7 @@ async def _serve_gptrelay(args: argparse.Namespace) -> None:
     if args.no_pacing:
         # The gate still runs (its bookkeeping is part of the cost) but never waits.
         discord_pacing.WINDOW_S = 0.0
+        discord_pacing.GLOBAL_PER_S = 10**9
     settings = Settings(
         discord_bot_token=args.token,
         http_enabled=False,
