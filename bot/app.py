@@ -39,6 +39,21 @@ def build_model(settings: Settings) -> ModelClient:
     return OpenAIModel.from_settings(settings)
 
 
+class StartupError(Exception):
+    """An adapter could not start (a wrong token, an unreachable platform); one line for the user."""
+
+
+async def _start(adapter: Adapter) -> None:
+    """Start one adapter, turning any failure into a StartupError after cleaning up."""
+    try:
+        await adapter.start()
+    except Exception as exc:
+        logger.debug("%s adapter failed to start", adapter.name, exc_info=True)
+        with suppress(Exception):  # a half-started adapter may still hold connections
+            await adapter.stop()
+        raise StartupError(f"the {adapter.name} adapter could not start: {exc}") from exc
+
+
 @asynccontextmanager
 async def open_runtime(settings: Settings, model: ModelClient | None = None) -> AsyncIterator[Runtime]:
     """Open everything; on exit, finish in-flight answers (bounded), then close."""
@@ -79,7 +94,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         started: list[Adapter] = []
         try:
             for adapter in adapters:
-                await adapter.start()
+                await _start(adapter)
                 started.append(adapter)
             logger.info("gptrelay running: %s", ", ".join(a.name for a in started))
             await stop.wait()

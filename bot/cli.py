@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from adapters.console import chat_loop
-from bot.app import open_runtime, serve
+from bot.app import StartupError, open_runtime, serve
 from bot.config import ConfigError, Settings, describe, load_settings, require_usable
-from bot.logsetup import setup_logging
+from bot.logsetup import REDACTED, secrets_of, setup_logging
 
 EXIT_CONFIG = 2
 
@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_chat(settings, args.user))
     except KeyboardInterrupt:
         pass
-    except OSError as exc:  # a port in use or an unwritable data directory
-        print(f"gptrelay: {exc}", file=sys.stderr)
+    except (OSError, StartupError) as exc:  # a port in use, a data directory, a platform login
+        message = str(exc)
+        for secret in secrets_of(settings):
+            message = message.replace(secret, REDACTED)
+        print(f"gptrelay: {message}", file=sys.stderr)
         return 1
     return 0

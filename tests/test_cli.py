@@ -114,6 +114,23 @@ def test_run_reports_every_malformed_value_at_once(
     assert blocker.is_file()
 
 
+def test_run_with_an_unreachable_platform_exits_1_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A platform that cannot be reached stops `run` with one line naming the adapter, token hidden."""
+    token = "123456:unreachable-bot-token-value"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_BASE_URL", UNUSED_BASE_URL)
+    monkeypatch.setenv("GPTRELAY_HTTP_ENABLED", "false")
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", token)
+    monkeypatch.setenv("TELEGRAM_API_BASE_URL", f"http://{HOST}:{free_port()}/bot")
+    code, _, err = run_main(["run"], capsys)
+    assert code == 1, err
+    assert "telegram adapter could not start" in err
+    assert "Traceback" not in err
+    assert token not in err
+
+
 def test_run_on_a_public_address_needs_an_api_key(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
