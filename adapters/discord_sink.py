@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 
 import discord
 
 from adapters.discord_pacing import WINDOW_S, WRITES_PER_WINDOW, ChannelGate
+from adapters.typing_indicator import delayed_typing
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +62,12 @@ class ChannelSink:
             edited = await self._messages[message_id].edit(content=text, allowed_mentions=NO_PINGS)
         self._messages[message_id] = edited
 
-    @asynccontextmanager
-    async def typing(self) -> AsyncIterator[None]:
+    def typing(self) -> AbstractAsyncContextManager[None]:
         """Show typing until the first text is visible (never re-sent while text streams)."""
-        task = asyncio.create_task(self._keep_typing())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        return delayed_typing(self._visible, self._keep_typing, TYPING_DELAY_S)
 
     async def _keep_typing(self) -> None:
-        """Trigger typing after a short delay (a fast answer needs none), again only if it expires."""
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._visible.wait(), TYPING_DELAY_S)
+        """Trigger typing, and again each time it expires while nothing is visible yet."""
         while not self._visible.is_set():
             try:
                 async with self._gate.typing() as free:

@@ -7,8 +7,8 @@ import itertools
 import logging
 import random
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, suppress
 from datetime import timedelta
 from typing import TypeVar
 
@@ -19,6 +19,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from adapters.telegram_format import TELEGRAM_MAX_UTF16, Chunk, plain, render, utf16_len
 from adapters.telegram_pacing import GROUP_INTERVAL_S, PRIVATE_INTERVAL_S, FloodGate
+from adapters.typing_indicator import delayed_typing
 from bot.streaming import TYPING_MARKER
 
 logger = logging.getLogger(__name__)
@@ -101,25 +102,16 @@ class TelegramSink:
             else:
                 sent.append(await self._post(chunk))
 
-    @asynccontextmanager
-    async def typing(self) -> AsyncIterator[None]:
-        """Send 'typing' until the first text is visible."""
-        task = asyncio.create_task(self._keep_typing())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-
-    async def _keep_typing(self) -> None:
-        """Refresh the typing action while nothing is visible yet.
+    def typing(self) -> AbstractAsyncContextManager[None]:
+        """Send 'typing' until the first text is visible, from TYPING_DELAY_S on.
 
         Not at once: a fast answer is visible before TYPING_DELAY_S, and a typing action it
         would not need costs a request and a share of the flood budget.
         """
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._visible.wait(), TYPING_DELAY_S)
+        return delayed_typing(self._visible, self._keep_typing, TYPING_DELAY_S)
+
+    async def _keep_typing(self) -> None:
+        """Refresh the typing action while nothing is visible yet."""
         while not self._visible.is_set():
             try:
                 await self._bot.send_chat_action(
