@@ -1,9 +1,13 @@
-"""An instant model and a counting sink, so the benchmark measures gptrelay alone."""
+"""Benchmark models and sinks: instant or on a fixed schedule, so figures measure gptrelay alone."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from bot.model import Completion, GenerationParams, Turn, Usage
 
@@ -69,3 +73,69 @@ class CountingSink:
     async def typing(self) -> AsyncIterator[None]:
         """No indicator."""
         yield
+
+
+# Tags like "q17" in a benchmark prompt name the request in the first-token log.
+TAG_RE = re.compile(r"\bq(\d+)\b")
+
+
+class PacedStream:
+    """Tokens on a fixed schedule from the request's start, as a model server produces them.
+
+    A reader that falls behind (a paced write) gets the tokens that came due meanwhile at once, as
+    it would from a real server's buffered HTTP stream.
+    """
+
+    def __init__(
+        self, tokens: Sequence[str], first_s: float, interval_s: float, on_first: Callable[[], None]
+    ) -> None:
+        self.usage: Usage | None = None
+        self._tokens = tokens
+        self._first_s = first_s
+        self._interval_s = interval_s
+        self._on_first = on_first
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        """Yield each token at its time; call on_first at the first."""
+        start = time.monotonic()
+        for index, token in enumerate(self._tokens):
+            delay = start + self._first_s + index * self._interval_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if index == 0:
+                self._on_first()
+            yield token
+        self.usage = Usage(100, len(self._tokens))
+
+
+class ScheduledModel:
+    """ModelClient streaming `tokens` on a schedule; appends `<tag> <monotonic>` at each first token."""
+
+    def __init__(self, tokens: Sequence[str], first_s: float, interval_s: float, log: Path | None) -> None:
+        self._tokens = tokens
+        self._first_s = first_s
+        self._interval_s = interval_s
+        self._log = log.open("a", encoding="utf-8") if log else None
+
+    def stream(self, turns: Sequence[Turn], params: GenerationParams) -> PacedStream:
+        """Answer on schedule; the tag is the `q<n>` in the user's message."""
+        found = TAG_RE.search(turns[-1].content)
+        tag = found.group(1) if found else "?"
+
+        def first() -> None:
+            if self._log is not None:
+                # CLOCK_MONOTONIC is system-wide on Linux: the driver compares it with its own.
+                self._log.write(f"{tag} {time.monotonic()!r}\n")
+                self._log.flush()
+
+        return PacedStream(self._tokens, self._first_s, self._interval_s, first)
+
+    async def complete(self, turns: Sequence[Turn], params: GenerationParams) -> Completion:
+        """Not used by these benchmarks."""
+        await asyncio.sleep(self._first_s)
+        return Completion(("".join(self._tokens),), Usage(100, len(self._tokens)))
+
+    async def aclose(self) -> None:
+        """Close the first-token log."""
+        if self._log is not None:
+            self._log.close()

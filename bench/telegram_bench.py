@@ -24,20 +24,18 @@ import contextlib
 import cProfile
 import itertools
 import os
-import re
 import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.core_bench import USER_TEXT, Row
-from bench.fakes import ANSWER_CHUNKS, InstantModel
-from bot.model import Completion, GenerationParams, Turn, Usage
+from bench.fakes import ANSWER_CHUNKS, InstantModel, ScheduledModel
 from bot.streaming import TYPING_MARKER
 from tests.fakes.telegram_server import DEFAULT_TOKEN, FakeTelegram, FloodRules
 
@@ -70,72 +68,10 @@ LOAD_USERS = 200
 SLOW_MODEL_S = 2.0
 LOAD_TIMEOUT_S = 60.0
 
-TAG_RE = re.compile(r"\bq(\d+)\b")
 MARKER = TYPING_MARKER.strip()
 
 
 # ---------------------------------------------------------------- the bot side (subprocess)
-
-
-class PacedStream:
-    """Tokens on a fixed schedule from the request's start, as a model server produces them.
-
-    A reader that falls behind (a paced write) gets the tokens that came due meanwhile at once, as
-    it would from a real server's buffered HTTP stream.
-    """
-
-    def __init__(
-        self, tokens: Sequence[str], first_s: float, interval_s: float, on_first: Callable[[], None]
-    ) -> None:
-        self.usage: Usage | None = None
-        self._tokens = tokens
-        self._first_s = first_s
-        self._interval_s = interval_s
-        self._on_first = on_first
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        """Yield each token at its time; call on_first at the first."""
-        start = time.monotonic()
-        for index, token in enumerate(self._tokens):
-            delay = start + self._first_s + index * self._interval_s - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if index == 0:
-                self._on_first()
-            yield token
-        self.usage = Usage(100, len(self._tokens))
-
-
-class ScheduledModel:
-    """ModelClient streaming `tokens` on a schedule; appends `<tag> <monotonic>` at each first token."""
-
-    def __init__(self, tokens: Sequence[str], first_s: float, interval_s: float, log: Path | None) -> None:
-        self._tokens = tokens
-        self._first_s = first_s
-        self._interval_s = interval_s
-        self._log = log.open("a", encoding="utf-8") if log else None
-
-    def stream(self, turns: Sequence[Turn], params: GenerationParams) -> PacedStream:
-        """Answer on schedule; the tag is the `q<n>` in the user's message."""
-        found = TAG_RE.search(turns[-1].content)
-        tag = found.group(1) if found else "?"
-
-        def first() -> None:
-            if self._log is not None:
-                self._log.write(f"{tag} {time.monotonic()!r}\n")
-                self._log.flush()
-
-        return PacedStream(self._tokens, self._first_s, self._interval_s, first)
-
-    async def complete(self, turns: Sequence[Turn], params: GenerationParams) -> Completion:
-        """Not used by these benchmarks."""
-        await asyncio.sleep(self._first_s)
-        return Completion(("".join(self._tokens),), Usage(100, len(self._tokens)))
-
-    async def aclose(self) -> None:
-        """Close the first-token log."""
-        if self._log is not None:
-            self._log.close()
 
 
 def _model(name: str, first_tokens: Path | None) -> Any:
