@@ -89,16 +89,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.local_server import HOST, LocalServer
+
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 API_PREFIX = "/api/v10"
-SHUTDOWN_TIMEOUT_S = 1.0
 JSON_CONTENT_TYPE = "application/json"
 PAYLOADS_DIR = Path(__file__).resolve().parent.parent / "payloads" / "discord"
 DISCORD_EPOCH_MS = 1420070400000
@@ -557,8 +556,10 @@ class DiscordPatch:
 # ---------------------------------------------------------------- the server
 
 
-class FakeDiscord:
+class FakeDiscord(LocalServer):
     """A fake Discord gateway + REST API on ``127.0.0.1``: ``async with FakeDiscord() as fake``."""
+
+    access_log = False  # benchmarks send it thousands of requests
 
     def __init__(
         self,
@@ -582,6 +583,7 @@ class FakeDiscord:
             clock: monotonic seconds for rate limits, the ack timeout and ``Call.at``.
             latency_s: sleep this long before answering each REST request.
         """
+        super().__init__()
         self.token = token
         self.rate_limits = rate_limits
         self.echo_own = echo_own
@@ -618,8 +620,6 @@ class FakeDiscord:
         self._ready = asyncio.Event()
         self._last_snowflake = 0
         self._patches: list[DiscordPatch] = []
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
         self._routes: dict[str, list[_Route]] = {}
         users, members = _sample_people()
         self._users: dict[int, dict[str, Any]] = dict(users)
@@ -633,52 +633,22 @@ class FakeDiscord:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> Self:
-        """Start serving on a free port."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop serving."""
-        await self.stop()
-
-    async def start(self) -> None:
-        """Start serving on a free port of ``127.0.0.1``."""
+    def build_app(self) -> web.Application:
+        """The gateway websocket, the REST API, and 404s in Discord's shape."""
         app = web.Application()
         app.router.add_route("GET", "/gateway", self._gateway)
         app.router.add_route("GET", "/gateway/", self._gateway)
         app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._handle)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(
-            app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, HOST, 0)
-        await site.start()
-        self._runner = runner
-        self._port = runner.addresses[0][1]
+        return app
 
     async def stop(self) -> None:
         """Close the gateway connections, stop serving and undo ``patch_discord``."""
         for connection in list(self._connections):
             await connection.ws.close(code=1001)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await super().stop()
         while self._patches:
             self._patches.pop().restore()
-
-    @property
-    def port(self) -> int:
-        """The TCP port the fake listens on."""
-        if self._port is None:
-            raise RuntimeError("FakeDiscord is not started")
-        return self._port
 
     @property
     def api_base(self) -> str:

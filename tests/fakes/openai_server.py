@@ -33,16 +33,15 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
-HOST = "127.0.0.1"
+from tests.fakes.local_server import HOST, LocalServer
+
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini",)
 DEFAULT_MODEL = "gpt-4o-mini"
 ECHO_PREFIX = "echo: "
-SHUTDOWN_TIMEOUT_S = 1.0
 SSE_DONE = b"data: [DONE]\n\n"
 MALFORMED_LINE = b"data: {not json\n\n"
 JSON_CONTENT_TYPE = "application/json"
@@ -349,35 +348,20 @@ def completion_payload(call: _Call, reply: TextReply) -> dict[str, Any]:
     return payload
 
 
-class FakeOpenAI:
+class FakeOpenAI(LocalServer):
     """A fake OpenAI API on ``127.0.0.1``: ``async with FakeOpenAI() as fake: fake.base_url``."""
 
     def __init__(self, *, models: list[str] | None = None, api_key: str | None = None) -> None:
         """Serve ``models`` at ``GET /v1/models``; with ``api_key`` set, another key gets 401."""
+        super().__init__()
         self.models: list[str] = list(models) if models is not None else list(DEFAULT_MODELS)
         self.api_key = api_key
         self.requests: list[RecordedRequest] = []
         self._replies: deque[Reply] = deque()
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
-    async def __aenter__(self) -> Self:
-        """Start serving on a free port."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop serving."""
-        await self.stop()
-
-    async def start(self) -> None:
-        """Start serving on a free port of ``127.0.0.1``."""
+    def build_app(self) -> web.Application:
+        """The OpenAI routes, Azure's deployment route, and 404s in OpenAI's shape."""
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_post("/v1/completions", self._completions)
@@ -385,25 +369,7 @@ class FakeOpenAI:
         # Azure OpenAI: the deployment is in the path and the version in the query.
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat_completions)
         app.router.add_route("*", "/{tail:.*}", self._unknown_route)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
-        site = web.TCPSite(runner, HOST, 0)
-        await site.start()
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        """Stop serving and drop open connections."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @property
-    def port(self) -> int:
-        """The TCP port the fake listens on."""
-        if self._port is None:
-            raise RuntimeError("FakeOpenAI is not started")
-        return self._port
+        return app
 
     @property
     def base_url(self) -> str:

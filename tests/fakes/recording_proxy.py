@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-HOST = "127.0.0.1"
-SHUTDOWN_TIMEOUT_S = 1.0
+from tests.fakes.local_server import HOST, LocalServer
+
 UPSTREAM_TIMEOUT_S = 60.0
 BAD_GATEWAY = 502
 # Hop-by-hop headers (RFC 9110 section 7.6.1), plus those aiohttp recomputes for the new message.
@@ -54,37 +53,15 @@ class ProxiedResponse:
     body: bytes
 
 
-class RecordingProxy:
+class RecordingProxy(LocalServer):
     """A reverse proxy in front of ``upstream`` (a base URL such as ``http://127.0.0.1:8000``)."""
 
     def __init__(self, upstream: str) -> None:
+        super().__init__()
         self.upstream = upstream.rstrip("/")
         self.requests: list[Any] = []
         self.responses: list[ProxiedResponse] = []
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-
-    async def __aenter__(self) -> Self:
-        """Start serving on a free port."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop serving."""
-        await self.stop()
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        if self._port is None:
-            raise RuntimeError("the proxy is not running")
-        return self._port
 
     @property
     def base_url(self) -> str:
@@ -101,20 +78,17 @@ class RecordingProxy:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=UPSTREAM_TIMEOUT_S),
         )
+        await super().start()
+
+    def build_app(self) -> web.Application:
+        """One catch-all route that forwards."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
-        site = web.TCPSite(runner, HOST, 0)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        return app
 
     async def stop(self) -> None:
         """Stop serving and close the upstream connections."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await super().stop()
         if self._session is not None:
             await self._session.close()
             self._session = None

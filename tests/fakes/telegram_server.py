@@ -81,15 +81,14 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.local_server import HOST, LocalServer
+
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
-SHUTDOWN_TIMEOUT_S = 1.0
 JSON_CONTENT_TYPE = "application/json"
 DEFAULT_BOT_ID = 7000000001
 DEFAULT_BOT_USERNAME = "gptrelay_test_bot"
@@ -930,7 +929,7 @@ def _without_reply(message: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in message.items() if key != "reply_to_message"}
 
 
-class FakeTelegram:
+class FakeTelegram(LocalServer):
     """A fake Telegram Bot API on ``127.0.0.1``: ``async with FakeTelegram() as tg: tg.base_url``."""
 
     def __init__(
@@ -950,6 +949,7 @@ class FakeTelegram:
             clock: monotonic seconds for flood control and ``Call.at`` (tests may pass a fake clock).
             latency_s: sleep this long before answering each request (a network round trip).
         """
+        super().__init__()
         self.token = token
         self.bot_username = bot_username
         self.bot_id = bot_id
@@ -972,8 +972,6 @@ class FakeTelegram:
         self._commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._failures: dict[str, deque[_ScriptedFailure]] = {}
         self._webhook_params: dict[str, Any] = {}
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
         self._sender = {"id": bot_id, "is_bot": True, "first_name": BOT_FIRST_NAME, "username": bot_username}
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "getme": self._get_me,
@@ -994,44 +992,12 @@ class FakeTelegram:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> Self:
-        """Start serving on a free port."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop serving."""
-        await self.stop()
-
-    async def start(self) -> None:
-        """Start serving on a free port of ``127.0.0.1``."""
+    def build_app(self) -> web.Application:
+        """Every Bot API method under /bot<token>/, 404 elsewhere."""
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
-        site = web.TCPSite(runner, HOST, 0)
-        await site.start()
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        """Stop serving and drop open connections (pending long polls included)."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @property
-    def port(self) -> int:
-        """The TCP port the fake listens on."""
-        if self._port is None:
-            raise RuntimeError("FakeTelegram is not started")
-        return self._port
+        return app
 
     @property
     def base_url(self) -> str:
