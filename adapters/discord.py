@@ -12,7 +12,7 @@ from discord import app_commands
 
 from adapters.discord_pacing import ChannelGate
 from adapters.discord_sink import ChannelSink, InteractionSink
-from adapters.discord_translate import PLATFORM, to_incoming
+from adapters.discord_translate import PLATFORM, role_ids, to_incoming
 from bot.commands import COMMAND_DESCRIPTIONS
 from bot.config import Settings
 from bot.core import BotCore
@@ -23,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0
 THREAD_NAME_LEN = 90
-REFUSAL_TEXT = "Sorry, you are not allowed to use this bot here."
 
 
 class DiscordAdapter:
@@ -120,10 +119,6 @@ class DiscordAdapter:
         incoming = to_incoming(message, self.client.user)
         if incoming is None:
             return
-        if not self._allowed(incoming, message.author):
-            if incoming.chat_kind is ChatKind.PRIVATE:
-                await message.channel.send(REFUSAL_TEXT)
-            return
         channel: discord.abc.Messageable = message.channel
         reply_to: discord.Message | None = message
         if self._wants_thread(incoming, message):
@@ -131,16 +126,12 @@ class DiscordAdapter:
             channel, reply_to = thread, None
             incoming = replace(incoming, thread_id=str(thread.id))
         sink = ChannelSink(channel, getattr(channel, "id", 0), self._gate, reply_to)
-        await self._submit(replace(incoming, is_admin=self._is_admin(message.author)), sink)
+        await self._submit(incoming, sink)
 
     async def _on_command(self, interaction: discord.Interaction, text: str) -> None:
         """A slash command: acknowledge within Discord's 3 s first, then let the core answer."""
         await interaction.response.defer(thinking=True)
         incoming = _from_interaction(interaction, text)
-        if not self._allowed(incoming, interaction.user):
-            await interaction.edit_original_response(content=REFUSAL_TEXT)
-            return
-        incoming = replace(incoming, is_admin=self._is_admin(interaction.user))
         await self._submit(incoming, InteractionSink(interaction, self._gate))
 
     async def _submit(self, incoming: IncomingMessage, sink: ChannelSink | InteractionSink) -> None:
@@ -154,33 +145,11 @@ class DiscordAdapter:
         """Whether to open a thread for a new conversation started by a channel mention."""
         return (
             self._settings.discord_thread_per_conversation
-            and incoming.addressed
+            and self._core.accepts(incoming)
             and incoming.chat_kind is ChatKind.GROUP
             and incoming.thread_id is None
             and isinstance(message.channel, discord.TextChannel)
         )
-
-    def _allowed(self, incoming: IncomingMessage, user: discord.abc.User) -> bool:
-        """The allow lists: empty means everyone; a role list admits members with any of them."""
-        s = self._settings
-        guild_id = getattr(getattr(user, "guild", None), "id", None)
-        channel_id = int(incoming.thread_id or incoming.chat_id)
-        checks = (
-            not s.discord_allowed_user_ids or user.id in s.discord_allowed_user_ids,
-            not s.discord_allowed_guild_ids or guild_id in s.discord_allowed_guild_ids,
-            not s.discord_allowed_channel_ids
-            or channel_id in s.discord_allowed_channel_ids
-            or int(incoming.chat_id) in s.discord_allowed_channel_ids,
-            not s.discord_allowed_role_ids or bool(_role_ids(user) & set(s.discord_allowed_role_ids)),
-        )
-        return all(checks)
-
-    def _is_admin(self, user: discord.abc.User) -> bool:
-        """Admins by id or role; with no admins configured, everyone."""
-        s = self._settings
-        if not s.discord_admin_ids and not s.discord_admin_role_ids:
-            return True
-        return user.id in s.discord_admin_ids or bool(_role_ids(user) & set(s.discord_admin_role_ids))
 
 
 def _from_interaction(interaction: discord.Interaction, text: str) -> IncomingMessage:
@@ -201,13 +170,10 @@ def _from_interaction(interaction: discord.Interaction, text: str) -> IncomingMe
         addressed=True,
         thread_id=thread_id,
         language=str(interaction.locale),
+        guild_id=str(interaction.guild_id) if interaction.guild_id is not None else None,
+        role_ids=role_ids(interaction.user),
         raw=interaction,
     )
-
-
-def _role_ids(user: discord.abc.User) -> set[int]:
-    """A member's role ids (none in DMs)."""
-    return {role.id for role in getattr(user, "roles", [])}
 
 
 def _thread_name(text: str) -> str:

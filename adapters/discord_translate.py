@@ -41,8 +41,17 @@ def to_incoming(message: discord.Message, me: discord.abc.User) -> IncomingMessa
         thread_id=str(thread_id) if thread_id is not None else None,
         reply_to_id=str(replied.id) if replied is not None else None,
         reply_to_text=None if replied is None or to_us else (replied.content or None),
+        # Messages carry no user locale; a server's preferred locale is the best guess.
+        language=str(message.guild.preferred_locale) if message.guild is not None else None,
+        guild_id=str(message.guild.id) if message.guild is not None else None,
+        role_ids=role_ids(message.author),
         raw=message,
     )
+
+
+def role_ids(user: discord.abc.User) -> tuple[str, ...]:
+    """A member's role ids, for the core's access rules (none in DMs)."""
+    return tuple(str(role.id) for role in getattr(user, "roles", ()))
 
 
 def _replied_message(message: discord.Message) -> discord.Message | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from aiohttp import web
 from adapters.http_schemas import (
     ApiError,
     AskRequest,
+    client_id,
     error_response,
     model_error_response,
     parse_body,
@@ -22,7 +24,7 @@ from adapters.http_schemas import (
 from adapters.openai_api import add_openai_routes
 from bot.config import Settings
 from bot.core import BotCore, Reply
-from bot.errors import ModelError, ShuttingDown, UserError
+from bot.errors import LimitExceeded, ModelError, ShuttingDown, UserError
 from bot.messages import ChatKind, IncomingMessage
 from bot.model import Turn
 
@@ -72,6 +74,10 @@ def _error_middleware(api_key: str | None) -> Callable[[web.Request, Handler], A
             return await handler(request)
         except ApiError as exc:
             return error_response(exc.status, exc.message, exc.code)
+        except LimitExceeded as exc:
+            response = error_response(429, str(exc))
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+            return response
         except UserError as exc:
             return error_response(400, str(exc))
         except ModelError as exc:
@@ -131,6 +137,7 @@ class _Routes:
         ask = parse_body(AskRequest, await read_json_object(request))
         logger.info("ask_gpt: %d chars, user %s", len(ask.prompt), "set" if ask.user else "none")
         if ask.user is None:
+            self._core.admit(PLATFORM, client_id(request))
             system = self._core.settings.system_prompt
             completion = await self._core.complete(
                 [Turn("system", system), Turn("user", ask.prompt)], ask.overrides()

@@ -124,6 +124,11 @@ class ChatRequest(GenerationFields):
         return base
 
 
+def client_id(request: web.Request) -> str:
+    """Who a stateless request is from, for rate limits: the caller's address."""
+    return f"ip:{request.remote or 'unknown'}"
+
+
 def error_response(status: int, message: str, code: str | None = None) -> web.Response:
     """An error in OpenAI's shape, so SDKs surface the message."""
     kind = "invalid_request_error" if status < 500 else "server_error"

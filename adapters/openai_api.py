@@ -11,10 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.http_schemas import ApiError, ChatRequest, parse_body, read_json_object
+from adapters.http_schemas import ApiError, ChatRequest, client_id, parse_body, read_json_object
 from bot.core import BotCore
 from bot.errors import ModelError
 from bot.model import Completion, Turn
+
+PLATFORM = "http"
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class _OpenAIRoutes:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         """Stateless chat completion of the caller's messages, streamed or whole."""
         chat = parse_body(ChatRequest, await read_json_object(request))
+        self._core.admit(PLATFORM, client_id(request))
         turns = [Turn(ROLE_ALIASES.get(m.role, m.role), m.text()) for m in chat.messages]
         overrides = chat.overrides()
         model = self._core.generation_params(None, overrides).model

@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import json
 import logging
-from dataclasses import replace
 
 from aiohttp import web
 from telegram import (
@@ -36,7 +35,6 @@ POLL_BACKOFF_S = 2.0
 ALLOWED_UPDATES = ("message", "edited_message", "channel_post")
 WEBHOOK_PATH = "/telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-REFUSAL_TEXT = "Sorry, this bot is private."
 # Loggers that print Bot API URLs, which contain the token (httpx logs every request at INFO).
 URL_LOGGERS = ("httpx", "telegram.Bot", "telegram.ext.ExtBot")
 
@@ -166,28 +164,7 @@ class TelegramAdapter:
             return
         if message is None:
             return
-        if not self._allowed(message):
-            await self._refuse(message)
-            return
-        is_admin = (
-            not self._settings.telegram_admin_ids or int(message.user_id) in self._settings.telegram_admin_ids
-        )
-        await self._core.submit(replace(message, is_admin=is_admin), self._sink_for(message))
-
-    def _allowed(self, message: IncomingMessage) -> bool:
-        """The allow lists: empty means everyone."""
-        users = self._settings.telegram_allowed_user_ids
-        chats = self._settings.telegram_allowed_chat_ids
-        return (not users or int(message.user_id) in users) and (not chats or int(message.chat_id) in chats)
-
-    async def _refuse(self, message: IncomingMessage) -> None:
-        """A polite refusal in private; silence in groups."""
-        logger.info("refused Telegram user %s in chat %s", message.user_id, message.chat_id)
-        if message.chat_kind is ChatKind.PRIVATE:
-            try:
-                await self._sink_for(message).send(REFUSAL_TEXT)
-            except TelegramError as exc:
-                logger.warning("could not send refusal to chat %s: %s", message.chat_id, exc)
+        await self._core.submit(message, self._sink_for(message))
 
     def _sink_for(self, message: IncomingMessage) -> TelegramSink:
         """Where the answer to `message` goes."""

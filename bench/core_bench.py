@@ -121,7 +121,7 @@ def _turn(conversation_id: int, inbox_id: int | None) -> TurnRecord:
         day="2026-01-01",
         prompt_tokens=100,
         completion_tokens=8,
-        inbox_id=inbox_id,
+        inbox_ids=(inbox_id,),
     )
 
 
@@ -152,6 +152,7 @@ async def _with_core(data_dir: Path, body: Callable[[BotCore, SqliteStore], Awai
     settings = _settings(data_dir)
     store = await SqliteStore.open(settings.db_path)
     core = BotCore(settings, store, InstantModel())
+    await core.start()
     try:
         await body(core, store)
     finally:

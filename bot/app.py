@@ -60,6 +60,7 @@ async def open_runtime(settings: Settings, model: ModelClient | None = None) -> 
     store = await SqliteStore.open(settings.db_path)
     model = model or build_model(settings)
     core = BotCore(settings, store, model)
+    await core.start()
     try:
         yield Runtime(settings, store, model, core)
     finally:

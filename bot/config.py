@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from bot.gguf import bundled_model_path, llama_available, model_name_for
+from bot.texts import Lang
 
 ENV_PREFIX = "GPTRELAY_"
 DEFAULT_CONTEXT_WINDOWS: dict[str, int] = {
@@ -108,6 +109,21 @@ class Settings(BaseSettings):
     max_concurrent: int = Field(256, ge=1)
     shutdown_timeout_s: float = Field(20.0, ge=0)
 
+    # Conversation management
+    default_language: Lang = Lang.EN
+    context_overflow: Literal["summarize", "drop"] = "summarize"
+    summary_model: str | None = None
+    summary_max_tokens: int = Field(300, ge=16)
+    idle_reset_minutes: float | None = Field(None, gt=0)
+    personas: dict[str, str] = Field(default_factory=dict)
+    daily_token_limit: int | None = Field(None, ge=1)
+    monthly_token_limit: int | None = Field(None, ge=1)
+    user_messages_per_minute: int | None = Field(None, ge=1)
+    chat_messages_per_minute: int | None = Field(None, ge=1)
+    burst_window_s: float = Field(1.0, ge=0, le=10)
+    burst_wait: Literal["split", "always"] = "split"
+    burst_platforms: list[str] = Field(default_factory=lambda: ["telegram", "discord"])
+
     # HTTP API
     http_enabled: bool = True
     http_host: str = "127.0.0.1"
@@ -164,6 +180,12 @@ class Settings(BaseSettings):
         if self.backend is Backend.LOCAL and "model" not in self.model_fields_set:
             path = self.local_model_path
             self.model = model_name_for(path) if path else model_name_for(Path("local.gguf"))
+        return self
+
+    @model_validator(mode="after")
+    def _persona_names(self) -> Settings:
+        """Persona names are picked by typing them: compare them case-insensitively."""
+        self.personas = {name.strip().lower(): text for name, text in self.personas.items() if name.strip()}
         return self
 
     @property

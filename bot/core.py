@@ -10,24 +10,30 @@ from contextlib import aclosing, suppress
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
-from bot.commands import CommandContext, parse_command, run_command
+from bot.access import Access
+from bot.budgets import Budgets
+from bot.bursts import Burst, Bursts
+from bot.commands import CommandContext, parse_command, run_command, system_prompt_of
 from bot.config import Settings
-from bot.context import build_context, context_budget
+from bot.context import ContextPlan, build_context, context_budget
 from bot.conversation import chat_prefix, conversation_key, user_key
-from bot.errors import ModelError, ShuttingDown, UserError
+from bot.errors import LimitExceeded, ModelError, ShuttingDown, UserError
+from bot.limits import RateLimits
 from bot.messages import ChatKind, IncomingMessage, ReplySink
 from bot.model import Completion, GenerationParams, ModelClient, ModelStream, Turn, Usage
 from bot.ordering import ConversationQueue
 from bot.streaming import StreamWriter
+from bot.summary import Summarizer
 from bot.text import split_for_limit
+from bot.texts import Lang, duration, pick_language, render
 from bot.tokens import message_tokens
 from storage import Conversation, NewMessage, Store, TurnRecord
 from storage.base import STATUS_FAILED, STATUS_PARTIAL
 
 logger = logging.getLogger(__name__)
 
-GENERIC_ERROR_TEXT = "Sorry, something went wrong while answering. Please try again."
-EMPTY_PROMPT_TEXT = "Send me a question as text and I will answer it."
+# A summary takes at most 1/4 of the context budget, however large summary_max_tokens is.
+SUMMARY_BUDGET_DIVISOR = 4
 # A quoted message from someone else is context, not the whole window.
 MAX_QUOTE_CHARS = 2_000
 # What the inbox keeps of a message: everything but the platform object.
@@ -57,13 +63,16 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """One accepted message waiting for its turn."""
+    """One accepted message (or merged burst) waiting for its turn."""
 
     message: IncomingMessage
     key: str
     sink: ReplySink
     overrides: Overrides
-    inbox_id: int
+    inbox_ids: tuple[int, ...]
+    lang: Lang
+    is_admin: bool
+    burst: Burst | None = None
 
 
 class BotCore:
@@ -75,6 +84,22 @@ class BotCore:
         self._model = model
         self._queue: ConversationQueue[Reply] = ConversationQueue(settings.max_concurrent)
         self._closing = False
+        self._access = Access(settings)
+        self._budgets = Budgets(settings, store)
+        self._limits = RateLimits(settings.user_messages_per_minute, settings.chat_messages_per_minute)
+        self._bursts = Bursts(settings)
+        self._summarizer = Summarizer(settings, store, model)
+
+    async def start(self) -> None:
+        """Load the admins' stored bans and limits; call once before submitting."""
+        for policy in await self._store.user_policies():
+            self._budgets.remember(policy)
+            self._access.set_banned(policy.user_key, policy.banned)
+        logger.info("loaded %d user policies (%d banned)", len(self._access.banned), len(self._access.banned))
+
+    def language_of(self, message: IncomingMessage) -> Lang:
+        """The language of the bot's own texts for this message's author."""
+        return pick_language(message.language, self._settings.default_language)
 
     @property
     def settings(self) -> Settings:
@@ -88,18 +113,29 @@ class BotCore:
         # Without text (a join, a photo, content hidden by Discord) there is nothing to answer.
         return self._settings.group_answer_all and bool(message.text.strip())
 
+    def accepts(self, message: IncomingMessage) -> bool:
+        """Whether the core would answer this message (addressed, allowed, not banned)."""
+        return (
+            self.should_answer(message)
+            and self._access.allows(message)
+            and not self._access.is_banned(message)
+        )
+
     async def submit(
         self, message: IncomingMessage, sink: ReplySink, overrides: Overrides | None = None
     ) -> asyncio.Future[Reply] | None:
         """Accept a message; return once it is recorded, with a future for its reply.
 
-        None means the message is not for us or was received before. Raises ShuttingDown
-        while stopping, so the adapter leaves the message unconfirmed.
+        None means the message is not for us, was received before, or comes from a banned
+        user. Raises ShuttingDown while stopping, so the adapter leaves the message unconfirmed.
         """
         if self._closing:
             raise ShuttingDown
         if not self.should_answer(message):
             logger.debug("ignoring unaddressed %s message %s", message.platform, message.message_id)
+            return None
+        if self._access.is_banned(message):
+            logger.info("ignoring %s message %s from a banned user", message.platform, message.message_id)
             return None
         key = conversation_key(message, self._settings.group_context)
         # Reserve the place before the first await, so arrival order is the answer order.
@@ -115,20 +151,82 @@ class BotCore:
             logger.info("duplicate %s message %s ignored", message.platform, message.message_id)
             slot.skip()
             return None
-        job = _Job(message, key, sink, overrides or Overrides(), inbox_id)
-        return slot.fill(lambda: self._handle(job))
+        if (joined := self._bursts.join(key, message, inbox_id)) is not None:
+            slot.skip()
+            return joined
+        job = _Job(
+            message,
+            key,
+            sink,
+            overrides or Overrides(),
+            (inbox_id,),
+            self.language_of(message),
+            self._access.is_admin(message),
+        )
+        if not self._access.allows(message):
+            return slot.fill(lambda: self._refuse(job))
+        if not job.is_admin and (
+            limited := self._limits.check(user_key(message), chat_prefix(message.platform, message.chat_id))
+        ):
+            which, verdict = limited
+            return slot.fill(lambda: self._limited(job, which, verdict.retry_after, verdict.notify))
+        burst = self._bursts.open(key, message, sink, inbox_id)
+        future = slot.fill(lambda: self._handle(replace(job, burst=burst)))
+        if burst is not None:
+            burst.future = future
+        return future
+
+    async def _refuse(self, job: _Job) -> Reply:
+        """Not on the allow lists: a short reply when the bot was addressed, else silence."""
+        message = job.message
+        logger.info("refused %s user %s in chat %s", message.platform, message.user_id, message.chat_id)
+        error = UserError("not_allowed")
+        if message.addressed:
+            await self._say_safely(job, error.render(job.lang))
+        await self._finish_inbox(job, "refused")
+        return Reply(error.render(job.lang), error=error)
+
+    async def _limited(self, job: _Job, which: str, retry_after: float, notify: bool) -> Reply:
+        """Over a rate limit: say so once per limited stretch, then stay silent until it clears."""
+        key = "rate_limited" if which == "user" else "chat_rate_limited"
+        error = LimitExceeded(key, retry_after, wait=duration(retry_after, job.lang))
+        message = job.message
+        logger.info(
+            "%s message %s over the %s rate limit (retry in %.0f s)",
+            message.platform,
+            message.message_id,
+            which,
+            retry_after,
+        )
+        if notify:
+            await self._say_safely(job, error.render(job.lang))
+        await self._finish_inbox(job, "limited")
+        return Reply(error.render(job.lang), error=error)
+
+    async def _say_safely(self, job: _Job, text: str) -> None:
+        """Send a notice; a platform failure is logged, not raised (the inbox still closes)."""
+        try:
+            await self._say(job.sink, text)
+        except Exception:
+            logger.exception(
+                "could not send a notice to %s chat %s", job.message.platform, job.message.chat_id
+            )
 
     async def _handle(self, job: _Job) -> Reply:
         """Answer one message; every failure becomes a short reply and a log entry."""
+        if job.burst is not None:
+            merged, inbox_ids = await self._bursts.settle(job.burst)
+            job = replace(job, message=merged, inbox_ids=inbox_ids)
         message = job.message
         try:
             try:
                 reply, recorded = await self._dispatch(job)
                 status = "answered"
             except UserError as exc:
-                reply, recorded, status = Reply(str(exc), error=exc), False, "refused"
+                text = exc.render(job.lang)
+                reply, recorded, status = Reply(text, error=exc), False, "refused"
                 # A refusal that cannot be sent is a failure like any other (below).
-                await self._say(job.sink, str(exc))
+                await self._say(job.sink, text)
         except Exception as exc:
             logger.exception(
                 "failed to answer %s message %s in chat %s",
@@ -136,12 +234,18 @@ class BotCore:
                 message.message_id,
                 message.chat_id,
             )
-            reply, recorded, status = Reply(GENERIC_ERROR_TEXT, error=exc), False, "failed"
+            text = render("generic_error", job.lang)
+            reply, recorded, status = Reply(text, error=exc), False, "failed"
             with suppress(Exception):
-                await self._say(job.sink, GENERIC_ERROR_TEXT)
+                await self._say(job.sink, text)
         if not recorded:
-            await self._store.inbox_finish(job.inbox_id, status)
+            await self._finish_inbox(job, status)
         return reply
+
+    async def _finish_inbox(self, job: _Job, status: str) -> None:
+        """Close the job's inbox entries without a stored turn."""
+        for inbox_id in job.inbox_ids:
+            await self._store.inbox_finish(inbox_id, status)
 
     async def _dispatch(self, job: _Job) -> tuple[Reply, bool]:
         """Route to a command or the model; the flag says the turn closed the inbox entry."""
@@ -149,22 +253,37 @@ class BotCore:
         conversation = await self._store.conversation(job.key)
         command = parse_command(message.text.strip())
         if command is not None:
-            shared = message.chat_kind is ChatKind.GROUP and self._settings.group_context == "shared"
-            context = CommandContext(
-                self._settings, self._store, conversation, user_key(message), not shared or message.is_admin
-            )
-            text = await run_command(command, context)
+            text = await run_command(command, self._command_context(job, conversation))
             await self._say(job.sink, text)
             return Reply(text), False
         return await self._chat(job, conversation), True
 
+    def _command_context(self, job: _Job, conversation: Conversation) -> CommandContext:
+        """What a command may see and change for this message's author."""
+        message = job.message
+        shared = message.chat_kind is ChatKind.GROUP and self._settings.group_context == "shared"
+        # With no admins named for the platform, anyone may change a shared conversation.
+        may_change = not shared or job.is_admin or not self._access.has_admins(message.platform)
+        return CommandContext(
+            settings=self._settings,
+            store=self._store,
+            access=self._access,
+            budgets=self._budgets,
+            conversation=conversation,
+            user_key=user_key(message),
+            platform=message.platform,
+            lang=job.lang,
+            is_admin=job.is_admin,
+            may_change=may_change,
+        )
+
     async def _chat(self, job: _Job, conversation: Conversation) -> Reply:
         """Ask the model with the conversation's context and record the turn."""
+        await self._budgets.check(user_key(job.message), job.is_admin, job.lang)
         prompt = _prompt_of(job.message, named=self._settings.group_context == "shared")
         params = self.generation_params(conversation.model, job.overrides)
-        system = conversation.system_prompt or self._settings.system_prompt
-        budget = context_budget(self._settings.window_for(params.model), params.max_tokens)
-        turns, prompt_tokens = await build_context(self._store, conversation, system, prompt, budget)
+        conversation = await self._fresh_if_idle(conversation)
+        turns, prompt_tokens, extra = await self._context(conversation, prompt, params)
         logger.debug("conversation %s prompt: %s", conversation.id, prompt)
         writer = StreamWriter(job.sink)
         try:
@@ -172,9 +291,12 @@ class BotCore:
                 choices, usage = await self._generate(turns, params, writer)
         except ModelError as exc:
             await self._record_failure(job, conversation, prompt, writer, exc)
-            return Reply(exc.user_text, error=exc)
+            return Reply(exc.render(job.lang), error=exc)
         answer = choices[0]
         usage = usage or Usage(prompt_tokens, message_tokens(answer), estimated=True)
+        charged = Usage(
+            usage.prompt_tokens + extra.prompt_tokens, usage.completion_tokens + extra.completion_tokens
+        )
         await self._store.record_turn(
             self._turn_record(
                 job,
@@ -183,7 +305,7 @@ class BotCore:
                     NewMessage("user", prompt, message_tokens(prompt)),
                     NewMessage("assistant", answer, message_tokens(answer)),
                 ),
-                usage,
+                charged,
             )
         )
         logger.info(
@@ -195,6 +317,49 @@ class BotCore:
             len(answer),
         )
         return Reply(answer, choices, usage)
+
+    async def _fresh_if_idle(self, conversation: Conversation) -> Conversation:
+        """Start a fresh context when the conversation was idle longer than configured."""
+        minutes = self._settings.idle_reset_minutes
+        if minutes is None or conversation.next_seq == conversation.start_seq or not conversation.updated_at:
+            return conversation
+        idle = datetime.now(UTC) - datetime.fromisoformat(conversation.updated_at)
+        if idle.total_seconds() < minutes * 60:
+            return conversation
+        logger.info(
+            "conversation %s idle for %.0f min: starting fresh", conversation.id, idle.total_seconds() / 60
+        )
+        await self._store.reset(conversation.id)
+        return replace(conversation, start_seq=conversation.next_seq, summary=None, summary_seq=0)
+
+    async def _context(
+        self, conversation: Conversation, prompt: str, params: GenerationParams
+    ) -> tuple[list[Turn], int, Usage]:
+        """The turns to send and their tokens; overflowing turns are summarised if so configured."""
+        system = system_prompt_of(self._settings, conversation)
+        budget = context_budget(self._settings.window_for(params.model), params.max_tokens)
+        plan = await self._plan(conversation, system, prompt, budget)
+        if not plan.left_out or self._settings.context_overflow != "summarize":
+            return plan.turns, plan.tokens, Usage(0, 0)
+        # The summary may take at most a quarter of the budget, so recent turns keep room.
+        cap = min(self._settings.summary_max_tokens, budget // SUMMARY_BUDGET_DIVISOR)
+        room = budget - message_tokens(system) - message_tokens(prompt) - cap
+        if room <= 0:
+            return plan.turns, plan.tokens, Usage(0, 0)
+        conversation, cost = await self._summarizer.fold(conversation, room, params.model, cap)
+        plan = await self._plan(conversation, system, prompt, budget)
+        return plan.turns, plan.tokens, cost
+
+    async def _plan(self, conversation: Conversation, system: str, prompt: str, budget: int) -> ContextPlan:
+        """Build the context; if a long prompt leaves no room for the summary, go without it."""
+        try:
+            return await build_context(self._store, conversation, system, prompt, budget)
+        except UserError:
+            if conversation.live_summary is None:
+                raise
+            return await build_context(
+                self._store, replace(conversation, summary=None), system, prompt, budget
+            )
 
     async def _generate(
         self, turns: Sequence[Turn], params: GenerationParams, writer: StreamWriter
@@ -237,7 +402,7 @@ class BotCore:
         await self._store.record_turn(replace(record, inbox_status="failed"))
         if partial.strip():
             await writer.finish()
-        await self._say(job.sink, exc.user_text)
+        await self._say(job.sink, exc.render(job.lang))
 
     def _turn_record(
         self, job: _Job, conversation: Conversation, messages: tuple[NewMessage, ...], usage: Usage
@@ -251,7 +416,7 @@ class BotCore:
             day=datetime.now(UTC).date().isoformat(),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
-            inbox_id=job.inbox_id,
+            inbox_ids=job.inbox_ids,
         )
 
     def generation_params(self, model: str | None, overrides: Overrides | None = None) -> GenerationParams:
@@ -260,7 +425,7 @@ class BotCore:
         s = self._settings
         chosen = o.model or model or s.model
         if chosen not in s.models:
-            raise UserError(f"Model '{chosen}' is not available. Choose one of: {', '.join(s.models)}")
+            raise UserError("model_unavailable", name=chosen, choices=", ".join(s.models))
         params = GenerationParams(
             model=chosen,
             max_tokens=o.max_tokens or s.max_tokens,
@@ -270,10 +435,16 @@ class BotCore:
         )
         if params.max_tokens >= s.window_for(chosen):
             raise UserError(
-                f"max_tokens {params.max_tokens} does not fit {chosen}'s window of "
-                f"{s.window_for(chosen)} tokens."
+                "max_tokens_too_big", max_tokens=params.max_tokens, model=chosen, window=s.window_for(chosen)
             )
         return params
+
+    def admit(self, platform: str, user_id: str) -> None:
+        """Count a stateless request against the rate limits; raise LimitExceeded when over."""
+        key = f"{platform}:{user_id}"
+        if (limited := self._limits.check(key, key)) is not None:
+            _, verdict = limited
+            raise LimitExceeded("rate_limited", verdict.retry_after, wait=duration(verdict.retry_after))
 
     async def complete(self, turns: Sequence[Turn], overrides: Overrides | None = None) -> Completion:
         """Stateless completion of caller-supplied turns (the OpenAI-compatible API)."""
@@ -318,7 +489,7 @@ def _prompt_of(message: IncomingMessage, named: bool = False) -> str:
     """
     text = message.text.strip()
     if not text:
-        raise UserError(EMPTY_PROMPT_TEXT)
+        raise UserError("empty_prompt")
     if named and message.chat_kind is ChatKind.GROUP:
         text = f"{message.user_name}: {text}"
     if message.reply_to_text:

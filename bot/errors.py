@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from bot.texts import Lang, render
+
 
 class ErrorKind(StrEnum):
     """Why a model call failed, as far as the user needs to know."""
@@ -18,24 +20,29 @@ class ErrorKind(StrEnum):
     EMPTY = "empty"
     BAD_MODEL = "bad_model"
     BAD_REQUEST = "bad_request"
-
-
-USER_TEXT: dict[ErrorKind, str] = {
-    ErrorKind.AUTH: "The model service rejected the bot's credentials. Please tell the operator.",
-    ErrorKind.QUOTA: "The model service's quota is used up. Please tell the operator.",
-    ErrorKind.RATE_LIMIT: "The model is busy right now. Please try again in a moment.",
-    ErrorKind.CONTEXT_TOO_LONG: "That message is too long for the model. Please shorten it or /reset.",
-    ErrorKind.TIMEOUT: "The model took too long to answer. Please try again.",
-    ErrorKind.SERVER: "The model service had an error. Please try again.",
-    ErrorKind.CONNECTION: "The model service cannot be reached right now. Please try again later.",
-    ErrorKind.EMPTY: "The model returned an empty answer. Please try again or rephrase.",
-    ErrorKind.BAD_MODEL: "The model service does not know that model. Try /model to pick another.",
-    ErrorKind.BAD_REQUEST: "The model service refused the request. Please try again or /reset.",
-}
+    # The circuit breaker is open: the backend failed repeatedly, so it is not called for a while.
+    UNAVAILABLE = "unavailable"
 
 
 class UserError(Exception):
-    """Something the user can fix; the message is safe to show as is."""
+    """Something the user can fix: one of bot.texts' keys, rendered in the user's language."""
+
+    def __init__(self, key: str, **params: object) -> None:
+        super().__init__(render(key, Lang.EN, **params))
+        self.key = key
+        self.params = params
+
+    def render(self, lang: Lang) -> str:
+        """The text for the user, in their language."""
+        return render(self.key, lang, **self.params)
+
+
+class LimitExceeded(UserError):
+    """A budget or rate limit refused the message; `retry_after` s until it clears."""
+
+    def __init__(self, key: str, retry_after: float, **params: object) -> None:
+        super().__init__(key, **params)
+        self.retry_after = retry_after
 
 
 class ModelError(Exception):
@@ -48,8 +55,12 @@ class ModelError(Exception):
 
     @property
     def user_text(self) -> str:
-        """The sanitised reply for the chat."""
-        return USER_TEXT[self.kind]
+        """The sanitised reply for the chat, in English."""
+        return self.render(Lang.EN)
+
+    def render(self, lang: Lang) -> str:
+        """The sanitised reply for the chat, in the user's language."""
+        return render(f"model_error.{self.kind.value}", lang)
 
 
 class ShuttingDown(Exception):

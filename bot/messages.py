@@ -19,7 +19,8 @@ class ChatKind(StrEnum):
 class IncomingMessage:
     """One platform message, as the core sees it; `raw` is for the adapter only.
 
-    `is_admin` comes from the platform identity (the adapter's admin list), never from the text.
+    `guild_id` and `role_ids` (Discord) come from the platform's identity data, never from the
+    text: the core's access rules decide admins and allow lists from them.
     """
 
     platform: str
@@ -34,7 +35,8 @@ class IncomingMessage:
     reply_to_id: str | None = None
     reply_to_text: str | None = None
     language: str | None = None
-    is_admin: bool = False
+    guild_id: str | None = None
+    role_ids: tuple[str, ...] = ()
     raw: object = field(default=None, repr=False, compare=False)
 
 

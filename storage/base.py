@@ -20,6 +20,16 @@ class Conversation:
     next_seq: int
     system_prompt: str | None
     model: str | None
+    persona: str | None = None
+    # A model-written summary of the turns start_seq <= seq < summary_seq, leading the context.
+    summary: str | None = None
+    summary_seq: int = 0
+    updated_at: str = ""
+
+    @property
+    def live_summary(self) -> str | None:
+        """The summary, if it covers turns of the current context (a reset voids it)."""
+        return self.summary if self.summary and self.summary_seq > self.start_seq else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +63,8 @@ class TurnRecord:
     day: str
     prompt_tokens: int
     completion_tokens: int
-    inbox_id: int | None = None
+    # Every inbox entry the turn answers: several when a burst of messages was merged.
+    inbox_ids: tuple[int, ...] = ()
     inbox_status: str = "answered"
 
 
@@ -69,6 +80,25 @@ class UsageTotals:
     def total_tokens(self) -> int:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class UserPolicy:
+    """An admin's controls for one user: a ban and own token limits (None: the default)."""
+
+    user_key: str
+    banned: bool = False
+    daily_tokens: int | None = None
+    monthly_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DayStats:
+    """Everyone's use on one day."""
+
+    users: int = 0
+    requests: int = 0
+    tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +127,16 @@ class Store(Protocol):
         """Set (or clear with None) a conversation's model."""
         ...
 
+    async def set_persona(self, conversation_id: int, persona: str | None) -> None:
+        """Pick a persona (clearing any free-text system prompt), or clear it with None."""
+        ...
+
     async def reset(self, conversation_id: int) -> None:
         """Start fresh: move the start pointer past every stored turn, deleting nothing."""
+        ...
+
+    async def set_summary(self, conversation_id: int, summary: str, summary_seq: int) -> None:
+        """Store the summary of the turns before summary_seq."""
         ...
 
     async def history(
@@ -117,6 +155,18 @@ class Store(Protocol):
 
     async def usage(self, user_key: str, since_day: str) -> UsageTotals:
         """A user's usage from since_day (YYYY-MM-DD) on."""
+        ...
+
+    async def day_stats(self, day: str) -> DayStats:
+        """Users, answered messages and tokens on one day (YYYY-MM-DD)."""
+        ...
+
+    async def user_policies(self) -> list[UserPolicy]:
+        """Every stored user policy (bans and own limits)."""
+        ...
+
+    async def save_user_policy(self, policy: UserPolicy) -> None:
+        """Create or replace a user's policy."""
         ...
 
     async def inbox_add(self, platform: str, chat_id: str, message_id: str, payload: str) -> int | None:

@@ -68,4 +68,22 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             """,
         ),
     ),
+    (
+        "0002_conversation_management",
+        (
+            "ALTER TABLE conversations ADD COLUMN persona TEXT",
+            "ALTER TABLE conversations ADD COLUMN summary TEXT",
+            "ALTER TABLE conversations ADD COLUMN summary_seq INTEGER NOT NULL DEFAULT 0",
+            """
+                CREATE TABLE user_policies (
+                    user_key TEXT PRIMARY KEY,
+                    banned INTEGER NOT NULL DEFAULT 0,
+                    daily_tokens INTEGER,
+                    monthly_tokens INTEGER,
+                    updated_at TEXT NOT NULL
+                ) WITHOUT ROWID
+            """,
+            "CREATE INDEX usage_day ON usage (day)",
+        ),
+    ),
 )

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import aiosqlite
 
-from storage.base import Conversation, InboxEntry, StoredMessage, TurnRecord, UsageTotals
+from storage.base import (
+    Conversation,
+    DayStats,
+    InboxEntry,
+    StoredMessage,
+    TurnRecord,
+    UsageTotals,
+    UserPolicy,
+)
 from storage.migrations import MIGRATIONS
 
 logger = logging.getLogger(__name__)
@@ -20,7 +28,9 @@ logger = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5_000
 INBOX_PENDING = "pending"
 
-_CONVERSATION_COLUMNS = "id, key, start_seq, next_seq, system_prompt, model"
+_CONVERSATION_COLUMNS = (
+    "id, key, start_seq, next_seq, system_prompt, model, persona, summary, summary_seq, updated_at"
+)
 
 
 def _now() -> str:
@@ -131,11 +141,26 @@ class SqliteStore:
             (model, _now(), conversation_id),
         )
 
+    async def set_persona(self, conversation_id: int, persona: str | None) -> None:
+        """Pick a persona (clearing any free-text system prompt), or clear it with None."""
+        await self._write(
+            "UPDATE conversations SET persona = ?, system_prompt = NULL, updated_at = ? WHERE id = ?",
+            (persona, _now(), conversation_id),
+        )
+
     async def reset(self, conversation_id: int) -> None:
         """Start fresh: move the start pointer past every stored turn, deleting nothing."""
         await self._write(
-            "UPDATE conversations SET start_seq = next_seq, updated_at = ? WHERE id = ?",
+            "UPDATE conversations SET start_seq = next_seq, summary = NULL, summary_seq = 0, updated_at = ? "
+            "WHERE id = ?",
             (_now(), conversation_id),
+        )
+
+    async def set_summary(self, conversation_id: int, summary: str, summary_seq: int) -> None:
+        """Store the summary of the turns before summary_seq."""
+        await self._write(
+            "UPDATE conversations SET summary = ?, summary_seq = ?, updated_at = ? WHERE id = ?",
+            (summary, summary_seq, _now(), conversation_id),
         )
 
     async def move_conversations(self, old_prefix: str, new_prefix: str) -> int:
@@ -249,7 +274,7 @@ class SqliteStore:
             )
             await db.executemany(
                 "UPDATE inbox SET status = ?, finished_at = ? WHERE id = ?",
-                [(t.inbox_status, now, t.inbox_id) for t in turns if t.inbox_id is not None],
+                [(t.inbox_status, now, inbox_id) for t in turns for inbox_id in t.inbox_ids],
             )
 
     async def usage(self, user_key: str, since_day: str) -> UsageTotals:
@@ -260,6 +285,32 @@ class SqliteStore:
             (user_key, since_day),
         )
         return UsageTotals(*next(iter(rows)))
+
+    async def day_stats(self, day: str) -> DayStats:
+        """Users, answered messages and tokens on one day (YYYY-MM-DD)."""
+        rows = await self._db.execute_fetchall(
+            "SELECT COUNT(*), COALESCE(SUM(requests), 0), "
+            "COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage WHERE day = ?",
+            (day,),
+        )
+        return DayStats(*next(iter(rows)))
+
+    async def user_policies(self) -> list[UserPolicy]:
+        """Every stored user policy (bans and own limits)."""
+        rows = await self._db.execute_fetchall(
+            "SELECT user_key, banned, daily_tokens, monthly_tokens FROM user_policies ORDER BY user_key"
+        )
+        return [UserPolicy(key, bool(banned), daily, monthly) for key, banned, daily, monthly in rows]
+
+    async def save_user_policy(self, policy: UserPolicy) -> None:
+        """Create or replace a user's policy."""
+        await self._write(
+            "INSERT INTO user_policies (user_key, banned, daily_tokens, monthly_tokens, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_key) DO UPDATE SET banned = excluded.banned, "
+            "daily_tokens = excluded.daily_tokens, monthly_tokens = excluded.monthly_tokens, "
+            "updated_at = excluded.updated_at",
+            (policy.user_key, int(policy.banned), policy.daily_tokens, policy.monthly_tokens, _now()),
+        )
 
     async def inbox_add(self, platform: str, chat_id: str, message_id: str, payload: str) -> int | None:
         """Record a received message; None when it was received before."""

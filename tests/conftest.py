@@ -137,7 +137,9 @@ async def make_core(make_settings: SettingsFactory) -> AsyncIterator[HarnessFact
         chosen = settings or make_settings(**overrides)
         store = await SqliteStore.open(chosen.db_path)
         model = build_model(chosen)
-        harness = Harness(chosen, store, model, BotCore(chosen, store, model))
+        core = BotCore(chosen, store, model)
+        await core.start()
+        harness = Harness(chosen, store, model, core)
         harnesses.append(harness)
         return harness
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from adapters.console import BOT_LABEL, PROMPT, ConsoleSink, chat_loop
-from bot.commands import HELP_TEXT
 from bot.core import BotCore
 from bot.streaming import TYPING_MARKER
+from bot.texts import render
 from tests.conftest import HarnessFactory
 from tests.fakes.openai_server import FakeOpenAI, TextReply
 from tests.helpers import bot_env, bot_subprocess, roles_and_contents
@@ -87,7 +87,7 @@ async def test_help_prints_the_help_text(make_core: HarnessFactory, fake_openai:
     """/help is answered by the core's command, without asking the model."""
     harness = await make_core()
     output, _ = await chat(harness.core, ["/help"])
-    assert f"{BOT_LABEL}{HELP_TEXT}\n" in output
+    assert f"{BOT_LABEL}{render('help')}\n" in output
     assert chat_bodies(fake_openai) == []
 
 

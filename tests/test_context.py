@@ -64,14 +64,14 @@ def contents(turns: list[Turn]) -> list[str]:
 
 async def test_system_first_prompt_last_with_empty_history(store: SqliteStore) -> None:
     conversation = await store.conversation("k")
-    turns, tokens = await build_context(store, conversation, SYSTEM, PROMPT, budget=1000)
+    turns, tokens, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=1000)
     assert turns == [Turn("system", SYSTEM), Turn("user", PROMPT)]
     assert tokens == FIXED
 
 
 async def test_all_history_when_it_fits(store: SqliteStore) -> None:
     conversation = await add_pairs(store, "k", 3)
-    turns, tokens = await build_context(store, conversation, SYSTEM, PROMPT, budget=1000)
+    turns, tokens, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=1000)
     assert turns[0] == Turn("system", SYSTEM)
     assert turns[-1] == Turn("user", PROMPT)
     assert contents(turns) == ["q0", "a0", "q1", "a1", "q2", "a2"]
@@ -81,7 +81,7 @@ async def test_all_history_when_it_fits(store: SqliteStore) -> None:
 
 async def test_newest_turns_that_fit_oldest_dropped(store: SqliteStore) -> None:
     conversation = await add_pairs(store, "k", 5)
-    turns, tokens = await build_context(store, conversation, SYSTEM, PROMPT, budget=FIXED + 45)
+    turns, tokens, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=FIXED + 45)
     assert contents(turns) == ["q3", "a3", "q4", "a4"]
     assert tokens == FIXED + 40
     assert tokens <= FIXED + 45
@@ -89,7 +89,7 @@ async def test_newest_turns_that_fit_oldest_dropped(store: SqliteStore) -> None:
 
 async def test_exact_fit_is_included(store: SqliteStore) -> None:
     conversation = await add_pairs(store, "k", 5)
-    turns, tokens = await build_context(store, conversation, SYSTEM, PROMPT, budget=FIXED + 40)
+    turns, tokens, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=FIXED + 40)
     assert contents(turns) == ["q3", "a3", "q4", "a4"]
     assert tokens == FIXED + 40
 
@@ -97,7 +97,7 @@ async def test_exact_fit_is_included(store: SqliteStore) -> None:
 async def test_history_never_starts_with_an_assistant_turn(store: SqliteStore) -> None:
     conversation = await add_pairs(store, "k", 5)
     # Room for three messages: a3, q4, a4; a3's question does not fit, so a3 goes too.
-    turns, tokens = await build_context(store, conversation, SYSTEM, PROMPT, budget=FIXED + 35)
+    turns, tokens, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=FIXED + 35)
     assert contents(turns) == ["q4", "a4"]
     assert turns[1].role == "user"
     # The estimate counts what is sent, not the dropped answer.
@@ -106,7 +106,7 @@ async def test_history_never_starts_with_an_assistant_turn(store: SqliteStore) -
 
 async def test_no_room_for_history_sends_system_and_prompt(store: SqliteStore) -> None:
     conversation = await add_pairs(store, "k", 2)
-    turns, tokens = await build_context(store, conversation, SYSTEM, PROMPT, budget=FIXED)
+    turns, tokens, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=FIXED)
     assert turns == [Turn("system", SYSTEM), Turn("user", PROMPT)]
     assert tokens == FIXED
 
@@ -123,7 +123,7 @@ async def test_prompt_alone_over_budget_raises_user_error(store: SqliteStore) ->
 async def test_long_history_is_paged(store: CountingStore) -> None:
     conversation = await add_pairs(store, "k", 50, tokens=1)  # 100 messages, more than one page
     assert conversation.next_seq > HISTORY_PAGE
-    turns, tokens = await build_context(store, conversation, SYSTEM, PROMPT, budget=10_000)
+    turns, tokens, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=10_000)
     assert contents(turns) == [text for i in range(50) for text in (f"q{i}", f"a{i}")]
     assert tokens == FIXED + 100
     assert store.pages == [(100, HISTORY_PAGE), (100 - HISTORY_PAGE, 100 - HISTORY_PAGE)]
@@ -131,7 +131,7 @@ async def test_long_history_is_paged(store: CountingStore) -> None:
 
 async def test_budget_cut_in_the_second_page(store: CountingStore) -> None:
     conversation = await add_pairs(store, "k", 50, tokens=1)
-    turns, tokens = await build_context(store, conversation, SYSTEM, PROMPT, budget=FIXED + 70)
+    turns, tokens, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=FIXED + 70)
     history = contents(turns)
     assert len(history) == 70
     assert history[0] == "q15"
@@ -145,7 +145,7 @@ async def test_failed_turns_skipped_across_pages(store: CountingStore) -> None:
         await add_pairs(store, "k", 1, tokens=1, tag=f"-ok{round_}")
         await add_pairs(store, "k", 1, tokens=1, status=STATUS_FAILED, tag=f"-failed{round_}")
     conversation = await store.conversation("k")
-    turns, _ = await build_context(store, conversation, SYSTEM, PROMPT, budget=10_000)
+    turns, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=10_000)
     history = contents(turns)
     assert len(history) == 80
     assert all("failed" not in text for text in history)
@@ -158,7 +158,7 @@ async def test_reset_start_pointer_hides_older_turns(store: CountingStore) -> No
     await store.reset(before.id)
     conversation = await add_pairs(store, "k", 2, tag="-new")
     assert conversation.start_seq == 6
-    turns, tokens = await build_context(store, conversation, SYSTEM, PROMPT, budget=10_000)
+    turns, tokens, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=10_000)
     assert contents(turns) == ["q0-new", "a0-new", "q1-new", "a1-new"]
     assert tokens == FIXED + 40
     assert all(before_seq > conversation.start_seq for before_seq, _ in store.pages)
@@ -168,7 +168,7 @@ async def test_reset_with_nothing_after_gives_empty_history(store: CountingStore
     before = await add_pairs(store, "k", 3)
     await store.reset(before.id)
     conversation = await store.conversation("k")
-    turns, tokens = await build_context(store, conversation, SYSTEM, PROMPT, budget=10_000)
+    turns, tokens, *_ = await build_context(store, conversation, SYSTEM, PROMPT, budget=10_000)
     assert turns == [Turn("system", SYSTEM), Turn("user", PROMPT)]
     assert tokens == FIXED
     assert store.pages == []

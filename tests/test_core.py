@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from bot.commands import HELP_TEXT
 from bot.conversation import conversation_key
-from bot.core import EMPTY_PROMPT_TEXT, GENERIC_ERROR_TEXT, MAX_QUOTE_CHARS, BotCore, Reply
-from bot.errors import USER_TEXT, ErrorKind, ModelError, ShuttingDown, UserError
+from bot.core import MAX_QUOTE_CHARS, BotCore, Reply
+from bot.errors import ErrorKind, ModelError, ShuttingDown, UserError
 from bot.messages import ChatKind, IncomingMessage
 from bot.streaming import TYPING_MARKER
+from bot.texts import render
 from bot.tokens import message_tokens
 from tests.conftest import HarnessFactory, SettingsFactory
 from tests.fakes.openai_server import (
@@ -266,7 +266,9 @@ async def test_context_stays_within_budget_and_keeps_latest_turns(
     make_core: HarnessFactory, fake_openai: FakeOpenAI
 ) -> None:
     window, max_tokens = 600, 100
-    h = await make_core(allowed_models=["tiny-model"], context_window=window, max_tokens=max_tokens)
+    h = await make_core(
+        allowed_models=["tiny-model"], context_window=window, max_tokens=max_tokens, context_overflow="drop"
+    )
     await ask(h.core, message("/model tiny-model"))
     prompts = [f"turn {i} " + "x" * 200 for i in range(8)]
     for prompt in prompts:
@@ -336,7 +338,9 @@ async def test_model_command_refuses_unlisted_model(
     await ask(h.core, message("hi"))
 
     assert isinstance(refused.error, UserError)
-    assert sink.final_texts == ["'gpt-5-ultra' is not available. Choose one of: gpt-4o-mini, other-model"]
+    assert sink.final_texts == [
+        "Model 'gpt-5-ultra' is not available. Choose one of: gpt-4o-mini, other-model"
+    ]
     assert fake_openai.last_body["model"] == "gpt-4o-mini"
     assert (await h.store.conversation(conversation_key(message("x")))).model is None
 
@@ -384,8 +388,8 @@ async def test_help_and_start(make_core: HarnessFactory, fake_openai: FakeOpenAI
     await ask(h.core, message("/help"), sink)
     await ask(h.core, message("/start@gptrelay_bot"), sink)
 
-    assert sink.final_texts == [HELP_TEXT, "Hello! " + HELP_TEXT]
-    assert "/reset" in HELP_TEXT
+    assert sink.final_texts == [render("help"), "Hello! " + render("help")]
+    assert "/reset" in render("help")
     assert fake_openai.request_count == 0
 
 
@@ -475,8 +479,8 @@ async def test_empty_prompt_gets_explanation(make_core: HarnessFactory, fake_ope
 
     reply = await ask(h.core, message("  "), sink)
 
-    assert reply.text == EMPTY_PROMPT_TEXT
-    assert sink.final_texts == [EMPTY_PROMPT_TEXT]
+    assert reply.text == render("empty_prompt")
+    assert sink.final_texts == [render("empty_prompt")]
     assert fake_openai.request_count == 0
 
 
@@ -526,8 +530,8 @@ async def test_model_failure_is_reported_and_conversation_stays_valid(
 
     assert isinstance(failed.error, ModelError)
     assert failed.error.kind is kind
-    assert failed.text == USER_TEXT[kind]
-    assert sink.final_texts == [*([partial] if partial else []), USER_TEXT[kind]]
+    assert failed.text == render(f"model_error.{kind.value}")
+    assert sink.final_texts == [*([partial] if partial else []), render(f"model_error.{kind.value}")]
     assert not any(SECRET in text for text in sink.final_texts)
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(detail in line and kind.value in line for line in logged), logged
@@ -560,7 +564,7 @@ async def test_failing_sink_does_not_break_the_core(
     working = RecordingSink()
     await ask(h.core, message("hello again"), working)
 
-    assert failed.text == GENERIC_ERROR_TEXT
+    assert failed.text == render("generic_error")
     assert isinstance(failed.error, RuntimeError)
     assert any(r.exc_info and "platform down" in str(r.exc_info[1]) for r in caplog.records)
     assert working.final_texts == ["echo: hello again"]

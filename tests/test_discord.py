@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 from adapters import discord_pacing
-from adapters.discord import REFUSAL_TEXT, DiscordAdapter
+from adapters.discord import DiscordAdapter
 from adapters.discord_pacing import WINDOW_S, WRITES_PER_WINDOW
 from adapters.discord_sink import DISCORD_MAX_MESSAGE_LEN, ChannelSink, InteractionSink
 from bot.app import Runtime, open_runtime
 from bot.config import Settings
-from bot.core import EMPTY_PROMPT_TEXT
 from bot.streaming import TYPING_MARKER
 from bot.text import CLOSE_FENCE, open_fence
+from bot.texts import render
 from tests.conftest import TEARDOWN_CLOSE_S, SettingsFactory
 from tests.fakes.discord_server import (
     ALICE_DM_ID,
@@ -563,7 +563,7 @@ async def test_attachment_only_mention_gets_the_send_me_text_reply(
 ) -> None:
     async with running_bot(dc_settings(), dc, monkeypatch):
         question = await dc.dispatch_file("guild_attachment_only_mention")
-        await answered(dc, GENERAL_ID, [EMPTY_PROMPT_TEXT])
+        await answered(dc, GENERAL_ID, [render("empty_prompt")])
     assert model_requests(fake_openai) == []
     assert dc.messages(GENERAL_ID)[0]["message_reference"]["message_id"] == question["id"]
     assert not errors_logged(caplog)
@@ -576,11 +576,14 @@ async def test_allowed_users_only(
     async with running_bot(settings, dc, monkeypatch):
         await dc.dispatch("MESSAGE_CREATE", dc.guild_message(GENERAL_ID, ALICE_ID, "may I?"))
         await dc.dispatch("MESSAGE_CREATE", dc.dm_message(ALICE_ID, "may I here?"))
-        await answered(dc, ALICE_DM_ID, [REFUSAL_TEXT], "the refusal")
+        await answered(dc, ALICE_DM_ID, [render("not_allowed")], "the refusal")
         denied = await dc.dispatch("INTERACTION_CREATE", dc.interaction_ask("and so?", channel_id=RANDOM_ID))
-        await until(lambda: settled_interaction(dc, denied["token"]) == REFUSAL_TEXT, "the slash refusal")
+        await until(
+            lambda: settled_interaction(dc, denied["token"]) == render("not_allowed"), "the slash refusal"
+        )
         await dc.dispatch("MESSAGE_CREATE", dc.guild_message(GENERAL_ID, BOB_ID, "and me?"))
-        await answered(dc, GENERAL_ID, ["echo: and me?"])
+        # Alice mentioned the bot in the channel: she is told why it does not answer her.
+        await answered(dc, GENERAL_ID, [render("not_allowed"), "echo: and me?"])
     assert model_requests(fake_openai) == [[SYSTEM, ("user", "and me?")]]
 
 

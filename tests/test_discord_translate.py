@@ -185,6 +185,10 @@ async def test_sample(name: str, parser: Parser, caplog: pytest.LogCaptureFixtur
         thread_id=str(expected.thread_id) if expected.thread_id else None,
         reply_to_id=incoming.reply_to_id,
         reply_to_text=expected.reply_to_text,
+        # Identity data for the core's access rules comes from the guild and the member.
+        language=str(message.guild.preferred_locale) if message.guild else None,
+        guild_id=str(message.guild.id) if message.guild else None,
+        role_ids=tuple(str(role.id) for role in getattr(message.author, "roles", ())),
     )
     assert incoming.raw is message
 

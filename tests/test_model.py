@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from bot.config import ApiMode, Backend, Settings
-from bot.errors import USER_TEXT, ErrorKind, ModelError
+from bot.errors import ErrorKind, ModelError
 from bot.model import (
     COMPLETION_STOP,
     PLACEHOLDER_API_KEY,
@@ -19,6 +19,7 @@ from bot.model import (
     Turn,
     render_prompt,
 )
+from bot.texts import render
 from bot.tokens import estimate_tokens, message_tokens
 from tests.conftest import SettingsFactory
 from tests.fakes.openai_server import (
@@ -289,7 +290,7 @@ async def test_http_errors_map_to_kinds(
 
     error = info.value
     assert error.kind is kind
-    assert error.user_text == USER_TEXT[kind]
+    assert error.user_text == render(f"model_error.{kind.value}")
     assert reply.message not in error.user_text
     assert str(reply.status) in str(error)  # details stay available for the logs
 
@@ -375,7 +376,7 @@ async def test_malformed_chunk_is_server_error(model: OpenAIModel, fake_openai: 
 
     assert deltas == ["before"]
     assert info.value.kind is ErrorKind.SERVER
-    assert info.value.user_text == USER_TEXT[ErrorKind.SERVER]
+    assert info.value.user_text == render("model_error.server")
 
 
 async def test_unreachable_server_is_connection(

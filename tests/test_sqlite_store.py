@@ -81,7 +81,7 @@ def turn(
         day=day,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        inbox_id=inbox_id,
+        inbox_ids=() if inbox_id is None else (inbox_id,),
     )
 
 

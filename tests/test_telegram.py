@@ -23,14 +23,14 @@ from telegram.error import RetryAfter
 
 import adapters.telegram
 from adapters import telegram_pacing, telegram_sink
-from adapters.telegram import REFUSAL_TEXT, SECRET_HEADER, WEBHOOK_PATH, TelegramAdapter
+from adapters.telegram import SECRET_HEADER, WEBHOOK_PATH, TelegramAdapter
 from adapters.telegram_format import TELEGRAM_MAX_UTF16, utf16_len
 from adapters.telegram_sink import retry_seconds
 from bot.app import Runtime, open_runtime
-from bot.commands import COMMAND_DESCRIPTIONS, HELP_TEXT
+from bot.commands import COMMAND_DESCRIPTIONS
 from bot.config import Settings
-from bot.core import EMPTY_PROMPT_TEXT
 from bot.streaming import TYPING_MARKER
+from bot.texts import render
 from tests.conftest import TEARDOWN_CLOSE_S, SettingsFactory
 from tests.fakes.openai_server import FakeOpenAI, TextReply
 from tests.fakes.telegram_server import Call, FakeTelegram
@@ -302,7 +302,7 @@ async def test_group_answers_only_when_addressed(
 
         tg.push_update(tg.group_text(GROUP, BOB, "/help@gptrelay_test_bot"))
         await until(lambda: len(settled(tg, GROUP)) == 3, "the /help answer")
-        assert tg.texts(GROUP)[2] == HELP_TEXT
+        assert tg.texts(GROUP)[2] == render("help")
         other_bot = tg.push_update(tg.group_text(GROUP, BOB, "/help@other_helper_bot"))
         await handled(tg, other_bot)
         assert len(tg.texts(GROUP)) == 3
@@ -501,7 +501,7 @@ async def test_non_text_and_service_updates(
         await handled(tg, pushed[-1])
         await until(lambda: nothing_pending(bot), "every recorded message handled")
     assert tg.confirmed_offset > max(s["update_id"] for s in samples)
-    assert tg.texts(ALICE) == [EMPTY_PROMPT_TEXT] * 3
+    assert tg.texts(ALICE) == [render("empty_prompt")] * 3
     for chat_id in (-4100000001, -4100000002, -1002100000003, -1002100000004):
         assert tg.texts(chat_id) == []
     assert [c for c in tg.calls if c.status != 200] == []
@@ -567,12 +567,13 @@ async def test_allowed_users(tg: FakeTelegram, tg_settings: SettingsFactory, fak
         stranger_private = tg.push_update(tg.private_text(BOB, "let me in"))
         stranger_group = tg.push_update(tg.group_text(GROUP, BOB, f"{MENTION} let me in"))
         await handled(tg, stranger_group)
-        assert tg.texts(BOB) == [REFUSAL_TEXT]
+        assert tg.texts(BOB) == [render("not_allowed")]
         assert stranger_private["update_id"] < tg.confirmed_offset
         tg.push_update(tg.private_text(ALICE, "hello"))
         await until(lambda: tg.texts(ALICE) == ["echo: hello"], "the allowed user's answer")
-    assert tg.texts(GROUP) == []
-    assert tg.texts(BOB) == [REFUSAL_TEXT]
+    # The stranger mentioned the bot in the group: told once why it does not answer.
+    assert tg.texts(GROUP) == [render("not_allowed")]
+    assert tg.texts(BOB) == [render("not_allowed")]
     assert [request[-1] for request in model_requests(fake_openai)] == [("user", "hello")]
 
 

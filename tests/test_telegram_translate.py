@@ -148,7 +148,7 @@ def test_sample(name: str) -> None:
     assert message.message_id == str(sent["message_id"])
     assert message.language == sent["from"].get("language_code")
     assert message.user_name
-    assert message.is_admin is False  # only the adapter grants it
+    assert message.role_ids == ()  # identity data only; the core decides admins
     assert isinstance(message.raw, Update)
 
 
