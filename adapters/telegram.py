@@ -88,6 +88,10 @@ class TelegramAdapter:
         await self._app.initialize()  # getMe
         self._me = BotIdentity(self.bot.id, self.bot.username)
         await self._register_commands()
+        # Messages recorded before a crash or stop but never answered go first.
+        replayed = await self._core.replay(PLATFORM, self._sink_for)
+        if replayed:
+            logger.info("answering %d Telegram messages received before the restart", len(replayed))
         if self._settings.telegram_mode == "webhook":
             await self._start_webhook()
         else:

@@ -39,6 +39,10 @@ def build_model(settings: Settings) -> ModelClient:
     return OpenAIModel.from_settings(settings)
 
 
+# Requests answered only to a waiting caller: not worth answering after a restart.
+EPHEMERAL_PLATFORMS = ("http", "console")
+
+
 class StartupError(Exception):
     """An adapter could not start (a wrong token, an unreachable platform); one line for the user."""
 
@@ -61,6 +65,8 @@ async def open_runtime(settings: Settings, model: ModelClient | None = None) -> 
     model = model or build_model(settings)
     core = BotCore(settings, store, model)
     await core.start()
+    # Their callers are gone after a restart; platform messages are replayed by their adapters.
+    await core.expire_pending(EPHEMERAL_PLATFORMS)
     try:
         yield Runtime(settings, store, model, core)
     finally:

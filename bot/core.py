@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ from bot.errors import LimitExceeded, ModelError, ShuttingDown, UserError
 from bot.limits import RateLimits
 from bot.messages import ChatKind, IncomingMessage, ReplySink
 from bot.model import Completion, GenerationParams, ModelClient, ModelStream, Turn, Usage
-from bot.ordering import ConversationQueue
+from bot.ordering import ConversationQueue, Slot
 from bot.streaming import StreamWriter
 from bot.summary import Summarizer
 from bot.text import split_for_limit
@@ -151,6 +151,18 @@ class BotCore:
             logger.info("duplicate %s message %s ignored", message.platform, message.message_id)
             slot.skip()
             return None
+        return self._schedule(slot, key, message, sink, overrides or Overrides(), inbox_id)
+
+    def _schedule(
+        self,
+        slot: Slot[Reply],
+        key: str,
+        message: IncomingMessage,
+        sink: ReplySink,
+        overrides: Overrides,
+        inbox_id: int,
+    ) -> asyncio.Future[Reply]:
+        """Decide what a recorded message gets (burst, refusal, rate limit, answer); no awaits."""
         if (joined := self._bursts.join(key, message, inbox_id)) is not None:
             slot.skip()
             return joined
@@ -158,7 +170,7 @@ class BotCore:
             message,
             key,
             sink,
-            overrides or Overrides(),
+            overrides,
             (inbox_id,),
             self.language_of(message),
             self._access.is_admin(message),
@@ -175,6 +187,42 @@ class BotCore:
         if burst is not None:
             burst.future = future
         return future
+
+    async def replay(
+        self, platform: str, sink_for: Callable[[IncomingMessage], ReplySink | None]
+    ) -> list[asyncio.Future[Reply]]:
+        """Answer the platform's messages recorded before a stop or crash but never answered.
+
+        Call before taking new messages, so replayed ones keep their place ahead of them.
+        `sink_for` may return None when a message can no longer be answered (it is closed).
+        """
+        futures: list[asyncio.Future[Reply]] = []
+        for entry in await self._store.inbox_pending():
+            if entry.platform != platform:
+                continue
+            message = _from_payload(entry.payload)
+            sink = sink_for(message) if message is not None else None
+            if message is None or sink is None:
+                logger.warning("%s message %s cannot be answered after a restart", platform, entry.message_id)
+                await self._store.inbox_finish(entry.id, "expired")
+                continue
+            logger.info("replaying %s message %s from before the restart", platform, entry.message_id)
+            key = conversation_key(message, self._settings.group_context)
+            futures.append(
+                self._schedule(self._queue.reserve(key), key, message, sink, Overrides(), entry.id)
+            )
+        return futures
+
+    async def expire_pending(self, platforms: Collection[str]) -> int:
+        """Close unanswered entries whose caller is gone after a restart (an HTTP request, the console)."""
+        expired = 0
+        for entry in await self._store.inbox_pending():
+            if entry.platform in platforms:
+                await self._store.inbox_finish(entry.id, "expired")
+                expired += 1
+        if expired:
+            logger.info("%d unanswered requests from before the restart expired", expired)
+        return expired
 
     async def _refuse(self, job: _Job) -> Reply:
         """Not on the allow lists: a short reply when the bot was addressed, else silence."""
@@ -496,6 +544,18 @@ def _prompt_of(message: IncomingMessage, named: bool = False) -> str:
         quote = message.reply_to_text[:MAX_QUOTE_CHARS]
         return f'(In reply to: "{quote}")\n\n{text}'
     return text
+
+
+def _from_payload(payload: str) -> IncomingMessage | None:
+    """A message back from its inbox JSON; None if it cannot be read (a newer or damaged entry)."""
+    try:
+        fields_ = json.loads(payload)
+        fields_["chat_kind"] = ChatKind(fields_["chat_kind"])
+        fields_["role_ids"] = tuple(fields_.get("role_ids", ()))
+        return IncomingMessage(**fields_)
+    except (ValueError, TypeError, KeyError):
+        logger.exception("unreadable inbox payload")
+        return None
 
 
 def _payload(message: IncomingMessage) -> str:
