@@ -29,6 +29,7 @@ STATUS_OF_MODEL_ERROR: dict[ErrorKind, int] = {
     ErrorKind.EMPTY: 502,
     ErrorKind.BAD_MODEL: 400,
     ErrorKind.BAD_REQUEST: 400,
+    ErrorKind.UNAVAILABLE: 503,
 }
 
 

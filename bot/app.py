@@ -13,6 +13,7 @@ from adapters import Adapter
 from adapters.discord import DiscordAdapter
 from adapters.http import HttpAdapter
 from adapters.telegram import TelegramAdapter
+from bot.breaker import CircuitBreaker, GuardedModel
 from bot.config import Backend, Settings
 from bot.core import BotCore
 from bot.local_model import LocalModel
@@ -36,7 +37,9 @@ def build_model(settings: Settings) -> ModelClient:
     """The model client the settings select."""
     if settings.backend is Backend.LOCAL:
         return LocalModel.from_settings(settings)
-    return OpenAIModel.from_settings(settings)
+    # A remote backend can go down; the breaker stops every message from waiting out its retries.
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
+    return GuardedModel(OpenAIModel.from_settings(settings), breaker)
 
 
 # Requests answered only to a waiting caller: not worth answering after a restart.

@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     context_windows: dict[str, int] = Field(default_factory=dict)
     request_timeout_s: float = Field(60.0, gt=0)
     model_max_retries: int = Field(2, ge=0, le=10)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_s: float = Field(30.0, gt=0)
 
     # Embedded model, used when no remote model is configured
     local_model: Path | None = None

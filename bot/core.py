@@ -342,6 +342,7 @@ class BotCore:
             return Reply(exc.render(job.lang), error=exc)
         answer = choices[0]
         usage = usage or Usage(prompt_tokens, message_tokens(answer), estimated=True)
+        undelivered = await self._deliver(job, writer)
         charged = Usage(
             usage.prompt_tokens + extra.prompt_tokens, usage.completion_tokens + extra.completion_tokens
         )
@@ -354,6 +355,7 @@ class BotCore:
                     NewMessage("assistant", answer, message_tokens(answer)),
                 ),
                 charged,
+                "answered" if undelivered is None else "undelivered",
             )
         )
         logger.info(
@@ -364,7 +366,7 @@ class BotCore:
             usage.completion_tokens,
             len(answer),
         )
-        return Reply(answer, choices, usage)
+        return Reply(answer, choices, usage, error=undelivered)
 
     async def _fresh_if_idle(self, conversation: Conversation) -> Conversation:
         """Start a fresh context when the conversation was idle longer than configured."""
@@ -416,14 +418,29 @@ class BotCore:
         if params.n > 1:
             completion = await self._model.complete(turns, params)
             await writer.feed(completion.choices[0])
-            await writer.finish()
             return completion.choices, completion.usage
         stream = self._model.stream(turns, params)
         async with aclosing(aiter(stream)) as deltas:
             async for delta in deltas:
                 await writer.feed(delta)
-        await writer.finish()
         return (writer.text,), stream.usage
+
+    async def _deliver(self, job: _Job, writer: StreamWriter) -> Exception | None:
+        """Write the final answer; if the platform refuses it for good, log the ids and return why.
+
+        The turn is stored either way: the answer exists and later context needs it.
+        """
+        try:
+            await writer.finish()
+        except Exception as exc:
+            logger.exception(
+                "answer to %s message %s in chat %s could not be delivered; the turn is kept",
+                job.message.platform,
+                job.message.message_id,
+                job.message.chat_id,
+            )
+            return exc
+        return None
 
     async def _record_failure(
         self,
@@ -453,7 +470,12 @@ class BotCore:
         await self._say(job.sink, exc.render(job.lang))
 
     def _turn_record(
-        self, job: _Job, conversation: Conversation, messages: tuple[NewMessage, ...], usage: Usage
+        self,
+        job: _Job,
+        conversation: Conversation,
+        messages: tuple[NewMessage, ...],
+        usage: Usage,
+        inbox_status: str = "answered",
     ) -> TurnRecord:
         """The store write for one handled message."""
         return TurnRecord(
@@ -465,6 +487,7 @@ class BotCore:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             inbox_ids=job.inbox_ids,
+            inbox_status=inbox_status,
         )
 
     def generation_params(self, model: str | None, overrides: Overrides | None = None) -> GenerationParams:

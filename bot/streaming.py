@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 from bot.messages import ReplySink
 from bot.text import split_for_limit
+
+logger = logging.getLogger(__name__)
 
 # Shown at the end of a message that is still being written.
 TYPING_MARKER = " ▌"
@@ -26,6 +29,8 @@ class StreamWriter:
         self._sent: list[tuple[str, str]] = []  # (message id, text shown)
         self._last_write = float("-inf")
         self._first_delta_at: float | None = None
+        # After a failed preview write, only the final text is attempted (the sink retried already).
+        self._previews_off = False
 
     @property
     def text(self) -> str:
@@ -40,7 +45,7 @@ class StreamWriter:
     async def feed(self, delta: str) -> None:
         """Take one delta; write to the sink when streaming and the interval has passed."""
         self._text += delta
-        if not self._sink.can_stream:
+        if not self._sink.can_stream or self._previews_off:
             return
         now = self._clock()
         if self._first_delta_at is None:
@@ -49,7 +54,13 @@ class StreamWriter:
             now - self._first_delta_at >= FIRST_RENDER_DELAY_S
             and now - self._last_write >= self._sink.edit_interval_s
         ):
-            await self._render(final=False)
+            try:
+                await self._render(final=False)
+            except Exception as exc:  # a lost preview must not lose the answer: finish() tries again
+                logger.warning(
+                    "preview write failed (%s: %s); sending only the final text", type(exc).__name__, exc
+                )
+                self._previews_off = True
 
     async def finish(self) -> None:
         """Write the complete text, without the typing marker."""

@@ -424,7 +424,9 @@ async def test_streaming_sink_gets_edits_and_exact_final_text(
     assert any(text.endswith(TYPING_MARKER) for _, text in sink.edits)
     assert TYPING_MARKER not in sink.final_texts[0]
     assert sink.events[0] == ("typing_start",)
-    assert sink.events[-1] == ("typing_stop",)
+    # Typing stops when the model is done; the final text follows it.
+    assert sink.events[-2] == ("typing_stop",)
+    assert sink.events[-1] == ("edit", "1", "Hello there")
 
 
 async def test_non_streaming_sink_gets_one_message(
@@ -564,11 +566,21 @@ async def test_failing_sink_does_not_break_the_core(
     working = RecordingSink()
     await ask(h.core, message("hello again"), working)
 
-    assert failed.text == render("generic_error")
+    # The answer could not be delivered: logged with its ids, and the turn is still stored.
+    assert failed.text == "echo: hello"
     assert isinstance(failed.error, RuntimeError)
     assert any(r.exc_info and "platform down" in str(r.exc_info[1]) for r in caplog.records)
+    assert any("could not be delivered" in r.getMessage() for r in caplog.records)
     assert working.final_texts == ["echo: hello again"]
     assert await h.store.inbox_pending() == []
+    conversation = await h.store.conversation(conversation_key(message("x")))
+    history = await h.store.history(conversation.id, 0, conversation.next_seq, 10)
+    assert [m.content for m in reversed(history)] == [
+        "hello",
+        "echo: hello",
+        "hello again",
+        "echo: hello again",
+    ]
 
 
 async def test_failing_sink_on_refusal_still_closes_inbox_entry(

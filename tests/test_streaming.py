@@ -273,14 +273,18 @@ async def test_nothing_fed_sends_nothing(clock: FakeClock) -> None:
     assert sink.events == []
 
 
-async def test_failed_send_propagates(clock: FakeClock) -> None:
+async def test_failed_preview_is_skipped_and_the_final_send_propagates(clock: FakeClock) -> None:
     sink = RecordingSink(fail_on_send=ConnectionError("platform down"))
     writer = StreamWriter(sink, clock)
     await writer.feed("Hello")  # within the delay: nothing sent yet
     clock.advance(FIRST_RENDER_DELAY_S)
-    with pytest.raises(ConnectionError, match="platform down"):
-        await writer.feed(" there")
+    await writer.feed(" there")  # the preview fails: logged, the answer goes on
+    clock.advance(10)
+    await writer.feed("!")  # no more previews after a failed one
+    assert writer.text == "Hello there!"
     assert writer.message_ids == []
+    with pytest.raises(ConnectionError, match="platform down"):
+        await writer.finish()
 
 
 async def test_failed_final_send_within_the_delay_propagates(clock: FakeClock) -> None:
