@@ -21,6 +21,9 @@ from bot.messages import ChatKind, IncomingMessage
 
 logger = logging.getLogger(__name__)
 
+# Slash commands are recorded under this prefix: they cannot be answered after a restart.
+INTERACTION_PREFIX = "interaction-"
+
 READY_TIMEOUT_S = 60.0
 THREAD_NAME_LEN = 90
 
@@ -52,6 +55,8 @@ class DiscordAdapter:
         self._add_commands()
         self._gate = ChannelGate()
         self._runner: asyncio.Task[None] | None = None
+        # New messages wait until those recorded before a restart are queued, to keep their order.
+        self._replayed = asyncio.Event()
 
     async def start(self) -> None:
         """Log in, connect, wait for READY, sync slash commands."""
@@ -67,6 +72,10 @@ class DiscordAdapter:
             await self.stop()
             raise RuntimeError("Discord did not become ready: check DISCORD_BOT_TOKEN and the network")
         await self._sync_commands()
+        replayed = await self._core.replay(PLATFORM, self._replay_sink)
+        self._replayed.set()
+        if replayed:
+            logger.info("answering %d Discord messages received before the restart", len(replayed))
         logger.info("Discord bot %s ready in %d guilds", self.client.user, len(self.client.guilds))
 
     async def stop(self) -> None:
@@ -114,8 +123,9 @@ class DiscordAdapter:
             await self._on_command(interaction, f"/system {text or ''}".strip())
 
     async def _on_message(self, message: discord.Message) -> None:
-        """A gateway message: translate, check access, hand to the core."""
+        """A gateway message: translate and hand to the core (which decides access)."""
         assert self.client.user is not None
+        await self._replayed.wait()
         incoming = to_incoming(message, self.client.user)
         if incoming is None:
             return
@@ -133,6 +143,17 @@ class DiscordAdapter:
         await interaction.response.defer(thinking=True)
         incoming = _from_interaction(interaction, text)
         await self._submit(incoming, InteractionSink(interaction, self._gate))
+
+    def _replay_sink(self, message: IncomingMessage) -> ChannelSink | None:
+        """Where a message recorded before a restart is answered; None for a slash command."""
+        if message.message_id.startswith(INTERACTION_PREFIX):
+            return None  # its interaction token ended with the old process
+        channel_id = int(message.thread_id or message.chat_id)
+        # A partial messageable needs no cache: threads and DMs may not be cached yet.
+        channel = self.client.get_partial_messageable(channel_id)
+        return ChannelSink(
+            channel, channel_id, self._gate, channel.get_partial_message(int(message.message_id))
+        )
 
     async def _submit(self, incoming: IncomingMessage, sink: ChannelSink | InteractionSink) -> None:
         """Hand over to the core; while shutting down the message is dropped with a log line."""
@@ -165,7 +186,7 @@ def _from_interaction(interaction: discord.Interaction, text: str) -> IncomingMe
         chat_kind=ChatKind.PRIVATE if interaction.guild_id is None else ChatKind.GROUP,
         user_id=str(interaction.user.id),
         user_name=interaction.user.display_name,
-        message_id=f"interaction-{interaction.id}",
+        message_id=f"{INTERACTION_PREFIX}{interaction.id}",
         text=text,
         addressed=True,
         thread_id=thread_id,

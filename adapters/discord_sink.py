@@ -34,7 +34,7 @@ class ChannelSink:
         channel: discord.abc.Messageable,
         channel_id: int,
         gate: ChannelGate,
-        reply_to: discord.Message | None,
+        reply_to: discord.Message | discord.PartialMessage | None,
     ) -> None:
         self._channel = channel
         self._channel_id = channel_id

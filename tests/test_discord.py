@@ -332,6 +332,27 @@ async def test_context_survives_a_restart(
     ]
 
 
+async def test_message_cut_off_by_a_stop_is_answered_after_the_restart(
+    dc: FakeDiscord, dc_settings: SettingsFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = dc_settings()
+    fake_openai.enqueue(HangReply(30))  # longer than the shutdown allows: cancelled, kept pending
+    async with running_bot(settings, dc, monkeypatch):
+        await dc.dispatch("MESSAGE_CREATE", dc.guild_message(GENERAL_ID, ALICE_ID, "are you there?"))
+        await until(lambda: len(model_requests(fake_openai)) == 1, "the model is asked")
+    assert settled(dc, GENERAL_ID) == []
+
+    async with running_bot(settings, dc, monkeypatch):
+        await answered(dc, GENERAL_ID, ["echo: are you there?"], "the replayed answer")
+        await dc.dispatch("MESSAGE_CREATE", dc.guild_message(GENERAL_ID, ALICE_ID, "good"))
+        await answered(dc, GENERAL_ID, ["echo: are you there?", "echo: good"])
+    assert model_requests(fake_openai)[-1][-3:] == [
+        ("user", "are you there?"),
+        ("assistant", "echo: are you there?"),
+        ("user", "good"),
+    ]
+
+
 # ---------------------------------------------------------------- long answers, 429s, pacing
 
 

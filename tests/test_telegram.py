@@ -32,7 +32,7 @@ from bot.config import Settings
 from bot.streaming import TYPING_MARKER
 from bot.texts import render
 from tests.conftest import TEARDOWN_CLOSE_S, SettingsFactory
-from tests.fakes.openai_server import FakeOpenAI, TextReply
+from tests.fakes.openai_server import FakeOpenAI, HangReply, TextReply
 from tests.fakes.telegram_server import Call, FakeTelegram
 from tests.helpers import HOST, free_port, roles_and_contents
 
@@ -222,6 +222,31 @@ async def test_private_context_survives_turns_and_restart(
         ("user", "Do you remember me?"),
     ]
     assert len(model_requests(fake_openai)) == 3
+
+
+async def test_message_cut_off_by_a_stop_is_answered_after_the_restart(
+    tg: FakeTelegram, tg_settings: SettingsFactory, fake_openai: FakeOpenAI
+) -> None:
+    settings = tg_settings()
+    fake_openai.enqueue(HangReply(30))  # longer than the shutdown allows: cancelled, kept pending
+    async with running_bot(settings):
+        update = tg.push_update(tg.private_text(ALICE, "Are you still there?"))
+        await handled(tg, update)
+        await until(lambda: len(model_requests(fake_openai)) == 1, "the model is asked")
+    assert tg.texts(ALICE) == []
+
+    async with running_bot(settings):
+        await until(lambda: tg.texts(ALICE) == ["echo: Are you still there?"], "the replayed answer")
+        later = tg.push_update(tg.private_text(ALICE, "Good."))
+        await until(lambda: len(tg.texts(ALICE)) == 2, "the next answer")
+        await handled(tg, later)
+    assert tg.texts(ALICE) == ["echo: Are you still there?", "echo: Good."]
+    # Answered once, in order, and the new message saw the replayed turn.
+    assert model_requests(fake_openai)[-1][-3:] == [
+        ("user", "Are you still there?"),
+        ("assistant", "echo: Are you still there?"),
+        ("user", "Good."),
+    ]
 
 
 async def test_typing_action_only_when_the_answer_is_not_visible_within_the_delay(
