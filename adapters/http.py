@@ -1,4 +1,4 @@
-"""The HTTP API: POST /ask_gpt, the OpenAI-compatible /v1 routes, and /healthz."""
+"""The HTTP API: POST /ask_gpt, the OpenAI-compatible /v1 routes, /healthz, /readyz, /metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from adapters.http_schemas import (
     ApiError,
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 PLATFORM = "http"
 # Answers are returned whole, so the sink never needs to split them.
 HTTP_MAX_MESSAGE_LEN = 10_000_000
-OPEN_PATHS = frozenset({"/healthz"})
+# Probes for load balancers and orchestrators stay open; /metrics needs the key when one is set.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -108,7 +110,9 @@ def _error_middleware(api_key: str | None) -> Callable[[web.Request, Handler], A
 def _authorized(request: web.Request, api_key: str) -> bool:
     """Constant-time comparison of the bearer token."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+    # surrogateescape: a header that is not UTF-8 is compared as the bytes sent (a 401), not a crash.
+    given = token.strip().encode(errors="surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, api_key.encode())
 
 
 def create_app(core: BotCore, settings: Settings) -> web.Application:
@@ -118,6 +122,8 @@ def create_app(core: BotCore, settings: Settings) -> web.Application:
     routes = _Routes(core)
     app.router.add_post("/ask_gpt", routes.ask_gpt)
     app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/readyz", routes.readyz)
+    app.router.add_get("/metrics", routes.metrics)
     add_openai_routes(app, core)
     return app
 
@@ -129,8 +135,21 @@ class _Routes:
         self._core = core
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """Liveness."""
+        """Liveness: the process serves requests."""
         return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness: the store answers, the model backend answers, and the bot is not stopping."""
+        checks = await self._core.readiness()
+        ready = all(value == "ok" for value in checks.values())
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus metrics in the text exposition format."""
+        response = web.Response(body=self._core.metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
 
     async def ask_gpt(self, request: web.Request) -> web.Response:
         """Answer one prompt; with `user`, inside that user's stored conversation."""
@@ -164,8 +183,8 @@ class _Routes:
             addressed=True,
         )
         future = await self._core.submit(message, CollectingSink(), ask.overrides())
-        if future is None:  # cannot happen for a fresh id in a private chat
-            raise ApiError(500, "message was not accepted")
+        if future is None:  # a fresh id in a private chat: only a banned user's message is refused
+            raise ApiError(403, "this user may not use the bot")
         try:
             return await future
         except asyncio.CancelledError:

@@ -45,6 +45,9 @@ class InstantModel:
         self.requests += 1
         return Completion(("".join(ANSWER_CHUNKS),), Usage(100, 8))
 
+    async def probe(self) -> None:
+        """Always ready."""
+
     async def aclose(self) -> None:
         """Nothing to release."""
 
@@ -134,6 +137,9 @@ class ScheduledModel:
         """Not used by these benchmarks."""
         await asyncio.sleep(self._first_s)
         return Completion(("".join(self._tokens),), Usage(100, len(self._tokens)))
+
+    async def probe(self) -> None:
+        """Always ready."""
 
     async def aclose(self) -> None:
         """Close the first-token log."""

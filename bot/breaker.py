@@ -95,6 +95,12 @@ class GuardedModel:
         self._breaker.succeeded()
         return completion
 
+    async def probe(self) -> None:
+        """Unavailable while the circuit is open; otherwise ask the backend."""
+        if self._breaker.is_open:
+            raise ModelError(ErrorKind.UNAVAILABLE, "circuit open")
+        await self._model.probe()
+
     async def aclose(self) -> None:
         """Release the wrapped model."""
         await self._model.aclose()

@@ -20,6 +20,7 @@ from bot.conversation import chat_prefix, conversation_key, user_key
 from bot.errors import LimitExceeded, ModelError, ShuttingDown, UserError
 from bot.limits import RateLimits
 from bot.messages import ChatKind, IncomingMessage, ReplySink
+from bot.metrics import Metrics
 from bot.model import Completion, GenerationParams, ModelClient, ModelStream, Turn, Usage
 from bot.ordering import ConversationQueue, Slot
 from bot.streaming import StreamWriter
@@ -32,6 +33,8 @@ from storage.base import STATUS_FAILED, STATUS_PARTIAL
 
 logger = logging.getLogger(__name__)
 
+# Readiness probes answer within this, even when the store or backend hangs.
+READY_PROBE_TIMEOUT_S = 5.0
 # A summary takes at most 1/4 of the context budget, however large summary_max_tokens is.
 SUMMARY_BUDGET_DIVISOR = 4
 # A quoted message from someone else is context, not the whole window.
@@ -78,11 +81,15 @@ class _Job:
 class BotCore:
     """Shared by every adapter: addressing, commands, context, streaming, failures."""
 
-    def __init__(self, settings: Settings, store: Store, model: ModelClient) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, model: ModelClient, metrics: Metrics | None = None
+    ) -> None:
         self._settings = settings
         self._store = store
         self._model = model
         self._queue: ConversationQueue[Reply] = ConversationQueue(settings.max_concurrent)
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(lambda: self._queue.waiting, lambda: self._queue.running)
         self._closing = False
         self._access = Access(settings)
         self._budgets = Budgets(settings, store)
@@ -92,10 +99,11 @@ class BotCore:
 
     async def start(self) -> None:
         """Load the admins' stored bans and limits; call once before submitting."""
-        for policy in await self._store.user_policies():
+        policies = await self._store.user_policies()
+        for policy in policies:
             self._budgets.remember(policy)
             self._access.set_banned(policy.user_key, policy.banned)
-        logger.info("loaded %d user policies (%d banned)", len(self._access.banned), len(self._access.banned))
+        logger.info("loaded %d user policies (%d banned)", len(policies), len(self._access.banned))
 
     def language_of(self, message: IncomingMessage) -> Lang:
         """The language of the bot's own texts for this message's author."""
@@ -151,6 +159,7 @@ class BotCore:
             logger.info("duplicate %s message %s ignored", message.platform, message.message_id)
             slot.skip()
             return None
+        self.metrics.received.labels(message.platform).inc()
         return self._schedule(slot, key, message, sink, overrides or Overrides(), inbox_id)
 
     def _schedule(
@@ -163,7 +172,7 @@ class BotCore:
         inbox_id: int,
     ) -> asyncio.Future[Reply]:
         """Decide what a recorded message gets (burst, refusal, rate limit, answer); no awaits."""
-        if (joined := self._bursts.join(key, message, inbox_id)) is not None:
+        if (joined := self._bursts.join(key, message, sink, inbox_id)) is not None:
             slot.skip()
             return joined
         job = _Job(
@@ -282,18 +291,26 @@ class BotCore:
                 message.message_id,
                 message.chat_id,
             )
+            self.metrics.errors.labels("internal").inc()
             text = render("generic_error", job.lang)
             reply, recorded, status = Reply(text, error=exc), False, "failed"
             with suppress(Exception):
                 await self._say(job.sink, text)
         if not recorded:
             await self._finish_inbox(job, status)
+        else:
+            self._count(job, _outcome(reply))
         return reply
 
     async def _finish_inbox(self, job: _Job, status: str) -> None:
         """Close the job's inbox entries without a stored turn."""
+        self._count(job, status)
         for inbox_id in job.inbox_ids:
             await self._store.inbox_finish(inbox_id, status)
+
+    def _count(self, job: _Job, outcome: str) -> None:
+        """Count every message of a finished job under its outcome."""
+        self.metrics.handled.labels(job.message.platform, outcome).inc(len(job.inbox_ids))
 
     async def _dispatch(self, job: _Job) -> tuple[Reply, bool]:
         """Route to a command or the model; the flag says the turn closed the inbox entry."""
@@ -334,12 +351,15 @@ class BotCore:
         turns, prompt_tokens, extra = await self._context(conversation, prompt, params)
         logger.debug("conversation %s prompt: %s", conversation.id, prompt)
         writer = StreamWriter(job.sink)
+        started = writer.clock()
         try:
             async with job.sink.typing():
                 choices, usage = await self._generate(turns, params, writer)
         except ModelError as exc:
+            self.metrics.errors.labels(exc.kind.value).inc()
             await self._record_failure(job, conversation, prompt, writer, exc)
             return Reply(exc.render(job.lang), error=exc)
+        self._observe_model(writer, started, usage)
         answer = choices[0]
         usage = usage or Usage(prompt_tokens, message_tokens(answer), estimated=True)
         undelivered = await self._deliver(job, writer)
@@ -367,6 +387,18 @@ class BotCore:
             len(answer),
         )
         return Reply(answer, choices, usage, error=undelivered)
+
+    def _observe_model(self, writer: StreamWriter, started: float, usage: Usage | None) -> None:
+        """Model latency (first token, whole answer) and token counts."""
+        done = writer.clock()
+        first = writer.first_delta_at
+        latency = self.metrics.model_latency
+        if first is not None:
+            latency.labels("first_token").observe(first - started)
+        latency.labels("total").observe(done - started)
+        if usage is not None:
+            self.metrics.tokens.labels("prompt").observe(usage.prompt_tokens)
+            self.metrics.tokens.labels("completion").observe(usage.completion_tokens)
 
     async def _fresh_if_idle(self, conversation: Conversation) -> Conversation:
         """Start a fresh context when the conversation was idle longer than configured."""
@@ -433,6 +465,7 @@ class BotCore:
         try:
             await writer.finish()
         except Exception as exc:
+            self.metrics.errors.labels("delivery").inc()
             logger.exception(
                 "answer to %s message %s in chat %s could not be delivered; the turn is kept",
                 job.message.platform,
@@ -510,6 +543,19 @@ class BotCore:
             )
         return params
 
+    async def readiness(self) -> dict[str, str]:
+        """Probe the store and the model backend: 'ok' or a short, secret-free reason for each."""
+        checks = {"accepting": "no, shutting down" if self._closing else "ok"}
+        probes = {"store": self._store.ping, "model": self._model.probe}
+        for name, probe in probes.items():
+            try:
+                await asyncio.wait_for(probe(), READY_PROBE_TIMEOUT_S)
+                checks[name] = "ok"
+            except Exception as exc:  # any failure means not ready; details only in the log
+                logger.warning("readiness: %s check failed: %s", name, exc)
+                checks[name] = exc.kind.value if isinstance(exc, ModelError) else type(exc).__name__
+        return checks
+
     def admit(self, platform: str, user_id: str) -> None:
         """Count a stateless request against the rate limits; raise LimitExceeded when over."""
         key = f"{platform}:{user_id}"
@@ -567,6 +613,13 @@ def _prompt_of(message: IncomingMessage, named: bool = False) -> str:
         quote = message.reply_to_text[:MAX_QUOTE_CHARS]
         return f'(In reply to: "{quote}")\n\n{text}'
     return text
+
+
+def _outcome(reply: Reply) -> str:
+    """How a message with a stored turn ended."""
+    if reply.error is None:
+        return "answered"
+    return "failed" if isinstance(reply.error, ModelError) else "undelivered"
 
 
 def _from_payload(payload: str) -> IncomingMessage | None:

@@ -94,6 +94,9 @@ class LocalModel:
         """Queue blocking work on the single generation thread."""
         return asyncio.get_running_loop().run_in_executor(self._executor, work)
 
+    async def probe(self) -> None:
+        """Always ready: the model runs in this process."""
+
     async def aclose(self) -> None:
         """Stop the worker after the current generation."""
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)

@@ -14,6 +14,8 @@ from bot.errors import ErrorKind, ModelError
 from bot.tokens import estimate_tokens, message_tokens
 
 logger = logging.getLogger(__name__)
+# A readiness probe must answer quickly even when the backend hangs.
+PROBE_TIMEOUT_S = 3.0
 
 # Servers without an API key (Ollama, llama.cpp, vLLM) still need a non-empty header value.
 PLACEHOLDER_API_KEY = "not-needed"
@@ -77,6 +79,10 @@ class ModelClient(Protocol):
 
     async def complete(self, turns: Sequence[Turn], params: GenerationParams) -> Completion:
         """Return every choice of one answer at once."""
+        ...
+
+    async def probe(self) -> None:
+        """Raise ModelError if the backend cannot answer now (readiness checks)."""
         ...
 
     async def aclose(self) -> None:
@@ -224,6 +230,13 @@ class OpenAIModel:
         if self._mode is ApiMode.COMPLETION:
             return await self._client.completions.create(**args)
         return await self._client.chat.completions.create(**args)
+
+    async def probe(self) -> None:
+        """List the server's models: cheap, and every OpenAI-compatible server has it."""
+        try:
+            await self._client.models.list(timeout=PROBE_TIMEOUT_S)
+        except Exception as exc:
+            raise translate_error(exc) from exc
 
     @property
     def chat_mode(self) -> bool:

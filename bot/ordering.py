@@ -45,11 +45,22 @@ class ConversationQueue(Generic[T]):
         self._lines: dict[str, deque[Slot[T]]] = {}
         self._limit = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running = 0
 
     @property
     def active(self) -> int:
         """Conversations with work queued or running."""
         return len(self._lines)
+
+    @property
+    def running(self) -> int:
+        """Jobs running now (one per conversation at most)."""
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        """Places reserved and not running yet (O(conversations): for metrics scrapes only)."""
+        return sum(len(line) for line in self._lines.values()) - self._running
 
     def reserve(self, key: str) -> Slot[T]:
         """Take the next place in a key's line, synchronously, so arrival order is kept."""
@@ -71,7 +82,11 @@ class ConversationQueue(Generic[T]):
                 job = await slot.job()
                 if job is not None:
                     async with self._limit:
-                        await self._run(slot, job)
+                        self._running += 1
+                        try:
+                            await self._run(slot, job)
+                        finally:
+                            self._running -= 1
                 line.popleft()
         finally:
             # No await between the emptiness check and here, so no slot can be stranded.

@@ -37,6 +37,15 @@ class StreamWriter:
         """Everything received so far."""
         return self._text
 
+    def clock(self) -> float:
+        """The writer's clock (monotonic seconds), for timing against first_delta_at."""
+        return self._clock()
+
+    @property
+    def first_delta_at(self) -> float | None:
+        """When the first delta arrived (on the writer's clock), if one has."""
+        return self._first_delta_at
+
     @property
     def message_ids(self) -> list[str]:
         """Ids of the messages written so far, in order."""
@@ -45,11 +54,11 @@ class StreamWriter:
     async def feed(self, delta: str) -> None:
         """Take one delta; write to the sink when streaming and the interval has passed."""
         self._text += delta
+        if self._first_delta_at is None:
+            self._first_delta_at = self._clock()
         if not self._sink.can_stream or self._previews_off:
             return
         now = self._clock()
-        if self._first_delta_at is None:
-            self._first_delta_at = now
         if (
             now - self._first_delta_at >= FIRST_RENDER_DELAY_S
             and now - self._last_write >= self._sink.edit_interval_s

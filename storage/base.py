@@ -181,6 +181,10 @@ class Store(Protocol):
         """Received messages that were never handled, oldest first."""
         ...
 
+    async def ping(self) -> None:
+        """Raise if the database cannot be queried now (readiness checks)."""
+        ...
+
     async def applied_migrations(self) -> list[str]:
         """Names of the schema migrations this database has, in order."""
         ...

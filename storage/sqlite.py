@@ -106,6 +106,10 @@ class SqliteStore:
                 )
             logger.info("applied migration %s", name)
 
+    async def ping(self) -> None:
+        """Raise if the database cannot be queried now (readiness checks)."""
+        await self._db.execute_fetchall("SELECT 1")
+
     async def applied_migrations(self) -> list[str]:
         """Names of the migrations this database has, in order applied."""
         rows = await self._db.execute_fetchall("SELECT name FROM schema_migrations ORDER BY name")
