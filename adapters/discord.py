@@ -48,8 +48,7 @@ class DiscordAdapter:
         intents = discord.Intents.default()
         # Without the privileged intent Discord still sends the content of DMs and mentions.
         intents.message_content = settings.discord_message_content
-        client_class = discord.AutoShardedClient if settings.discord_sharded else discord.Client
-        self.client: discord.Client = client_class(intents=intents, **(client_options or {}))
+        self.client = _make_client(settings, intents, client_options or {})
         self.client.on_message = self._on_message  # type: ignore[attr-defined]
         self._tree = app_commands.CommandTree(self.client)
         self._add_commands()
@@ -171,6 +170,20 @@ class DiscordAdapter:
             and incoming.thread_id is None
             and isinstance(message.channel, discord.TextChannel)
         )
+
+
+def _make_client(settings: Settings, intents: discord.Intents, options: dict[str, Any]) -> discord.Client:
+    """A plain client, or an AutoShardedClient running all shards or this worker's range."""
+    if settings.discord_shard_ids:
+        return discord.AutoShardedClient(
+            intents=intents,
+            shard_ids=settings.discord_shard_ids,
+            shard_count=settings.discord_shard_count,
+            **options,
+        )
+    if settings.discord_sharded:
+        return discord.AutoShardedClient(intents=intents, **options)
+    return discord.Client(intents=intents, **options)
 
 
 def _from_interaction(interaction: discord.Interaction, text: str) -> IncomingMessage:

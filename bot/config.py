@@ -19,6 +19,7 @@ from pydantic_settings import (
 
 from bot.gguf import bundled_model_path, llama_available, model_name_for
 from bot.texts import Lang
+from storage.url import DatabaseUrl
 
 ENV_PREFIX = "GPTRELAY_"
 DEFAULT_CONTEXT_WINDOWS: dict[str, int] = {
@@ -106,6 +107,8 @@ class Settings(BaseSettings):
     # Storage and core
     data_dir: Path = Path("data")
     database_path: Path | None = None
+    # A postgresql:// URL selects PostgreSQL instead of the SQLite file; printed with its password masked.
+    database_url: DatabaseUrl | None = None
     group_context: Literal["per_user", "shared"] = "per_user"
     group_answer_all: bool = False
     max_concurrent: int = Field(256, ge=1)
@@ -152,6 +155,9 @@ class Settings(BaseSettings):
     discord_bot_token: SecretStr | None = _env("discord_bot_token", "DISCORD_BOT_TOKEN")
     discord_message_content: bool = False
     discord_sharded: bool = False
+    # Several workers split one bot's shards: each runs the ids it lists, out of shard_count.
+    discord_shard_count: int | None = Field(None, ge=1)
+    discord_shard_ids: list[int] = Field(default_factory=list)
     discord_command_guild_ids: list[int] = Field(default_factory=list)
     discord_thread_per_conversation: bool = False
     discord_allowed_guild_ids: list[int] = Field(default_factory=list)
@@ -262,6 +268,12 @@ class Settings(BaseSettings):
                     "GPTRELAY_TELEGRAM_MODE=webhook needs GPTRELAY_TELEGRAM_WEBHOOK_SECRET "
                     "(1-256 characters A-Z, a-z, 0-9, _ and -), checked on every request"
                 )
+        count = self.discord_shard_count or 0
+        if self.discord_shard_ids and not all(0 <= i < count for i in self.discord_shard_ids):
+            found.append(
+                "GPTRELAY_DISCORD_SHARD_IDS needs GPTRELAY_DISCORD_SHARD_COUNT, and every id must be "
+                "below it (ids 0..count-1, split between the workers)"
+            )
         if self.max_tokens >= self.window_for(self.model):
             found.append(
                 f"GPTRELAY_MAX_TOKENS={self.max_tokens} leaves no room for context in "

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import discord
 import pytest
 
 from adapters import discord_pacing
@@ -351,6 +352,29 @@ async def test_message_cut_off_by_a_stop_is_answered_after_the_restart(
         ("assistant", "echo: are you there?"),
         ("user", "good"),
     ]
+
+
+async def test_a_worker_runs_only_its_shard_range(
+    dc: FakeDiscord, dc_settings: SettingsFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = dc_settings(discord_shard_ids=[1], discord_shard_count=2)
+    async with running_bot(settings, dc, monkeypatch) as bot:
+        assert isinstance(bot.adapter.client, discord.AutoShardedClient)
+        assert dc.identify_payload is not None
+        assert dc.identify_payload["shard"] == [1, 2]  # this worker's shard, of two
+        assert dc.identify_count == 1
+        await dc.dispatch("MESSAGE_CREATE", dc.guild_message(GENERAL_ID, ALICE_ID, "hello shard"))
+        await answered(dc, GENERAL_ID, ["echo: hello shard"])
+
+
+def test_shard_ids_need_a_count_that_covers_them(dc_settings: SettingsFactory) -> None:
+    assert any(
+        "SHARD_COUNT" in p for p in dc_settings(discord_shard_ids=[2], discord_shard_count=2).problems()
+    )
+    assert any("SHARD_COUNT" in p for p in dc_settings(discord_shard_ids=[0]).problems())
+    assert not any(
+        "SHARD" in p for p in dc_settings(discord_shard_ids=[0, 1], discord_shard_count=4).problems()
+    )
 
 
 # ---------------------------------------------------------------- long answers, 429s, pacing
