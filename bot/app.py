@@ -18,7 +18,8 @@ from bot.config import Backend, Settings
 from bot.core import BotCore
 from bot.local_model import LocalModel
 from bot.model import ModelClient, OpenAIModel
-from storage.sqlite import SqliteStore
+from storage import Store
+from storage.factory import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class Runtime:
     """The long-lived objects one process shares."""
 
     settings: Settings
-    store: SqliteStore
+    store: Store
     model: ModelClient
     core: BotCore
 
@@ -64,7 +65,7 @@ async def _start(adapter: Adapter) -> None:
 @asynccontextmanager
 async def open_runtime(settings: Settings, model: ModelClient | None = None) -> AsyncIterator[Runtime]:
     """Open everything; on exit, finish in-flight answers (bounded), then close."""
-    store = await SqliteStore.open(settings.db_path)
+    store = await open_store(settings)
     model = model or build_model(settings)
     core = BotCore(settings, store, model)
     await core.start()
