@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 PLATFORM = "http"
 # Answers are returned whole, so the sink never needs to split them.
 HTTP_MAX_MESSAGE_LEN = 10_000_000
+# aiohttp's default of 128 drops connections when a thousand clients arrive at once.
+LISTEN_BACKLOG = 1024
 # Probes for load balancers and orchestrators stay open; /metrics needs the key when one is set.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -227,7 +229,9 @@ class HttpAdapter:
             create_app(self._core, self._settings), access_log=None, shutdown_timeout=5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._settings.http_host, self._settings.http_port)
+        site = web.TCPSite(
+            self._runner, self._settings.http_host, self._settings.http_port, backlog=LISTEN_BACKLOG
+        )
         await site.start()
         logger.info("HTTP API listening on http://%s:%d", self._settings.http_host, self.port)
 

@@ -1,4 +1,4 @@
-"""`python -m bench [core] [local] [telegram] [discord] [--json]`: run the benchmarks and print one table."""
+"""`python -m bench [core] [local] [telegram] [discord] [load] [--json]`: run benchmarks, print one table."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import asyncio
 import os
 import platform
 
-from bench import core_bench, discord_bench, local_bench, telegram_bench
+from bench import core_bench, discord_bench, load_bench, local_bench, telegram_bench
 from bench.core_bench import Row
 
-BENCHMARKS = ("core", "local", "telegram", "discord")
+BENCHMARKS = ("core", "local", "telegram", "discord", "load")
 
 
 def _run_core(cores: int) -> list[Row]:
@@ -44,6 +44,8 @@ def main() -> None:
         rows += asyncio.run(telegram_bench.run())  # unpinned: the bot and the fake run in separate processes
     if "discord" in chosen:
         rows += asyncio.run(discord_bench.run())  # unpinned: the bot and the fake run in separate processes
+    if "load" in chosen:
+        rows += asyncio.run(load_bench.run())  # unpinned: the bot runs in a process of its own
     if args.json:
         print(core_bench.as_json(rows))
         return

@@ -52,7 +52,7 @@ THROUGHPUT_MESSAGES = 2_000
 WARMUP_MESSAGES = 200
 LATENCY_SAMPLES = 200
 ROUNDS = 2  # floor and gptrelay alternate; each keeps its best run (least CPU per message)
-FLOOR_CONCURRENCY = 64  # gptrelay's default GPTRELAY_MAX_CONCURRENT
+FLOOR_CONCURRENCY = 64  # concurrent updates of the bare PTB floor bot
 PRIVATE_BASE_ID = 5_100_000_001
 GROUP_BASE_ID = -1_001_000_000_001
 

@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     database_url: DatabaseUrl | None = None
     group_context: Literal["per_user", "shared"] = "per_user"
     group_answer_all: bool = False
-    max_concurrent: int = Field(256, ge=1)
+    # Conversations answered at once; the rest wait their turn. Lower it for a small model server.
+    max_concurrent: int = Field(1024, ge=1)
     shutdown_timeout_s: float = Field(20.0, ge=0)
 
     # Conversation management

@@ -94,11 +94,13 @@ class SqliteStore:
         await self._db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
-        applied = {row[0] for row in await self._db.execute_fetchall("SELECT name FROM schema_migrations")}
         for name, statements in MIGRATIONS:
-            if name in applied:
-                continue
             async with self._transaction() as db:
+                # Checked inside the write transaction: another process opening the same new
+                # file at the same moment may have applied it since.
+                done = await db.execute_fetchall("SELECT 1 FROM schema_migrations WHERE name = ?", (name,))
+                if list(done):
+                    continue
                 for statement in statements:
                     await db.execute(statement)
                 await db.execute(
