@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -113,6 +114,9 @@ class Settings(BaseSettings):
     group_answer_all: bool = False
     # Conversations answered at once; the rest wait their turn. Lower it for a small model server.
     max_concurrent: int = Field(1024, ge=1)
+    # Names this process among workers sharing a PostgreSQL database; keep it stable across
+    # restarts (and distinct per worker) so a restarted worker answers what it had received.
+    worker_id: str = Field(default_factory=socket.gethostname, min_length=1)
     shutdown_timeout_s: float = Field(20.0, ge=0)
 
     # Conversation management

@@ -150,7 +150,7 @@ class BotCore:
         slot = self._queue.reserve(key)
         try:
             inbox_id = await self._store.inbox_add(
-                message.platform, message.chat_id, message.message_id, _payload(message)
+                message.platform, message.chat_id, message.message_id, _payload(message), key
             )
         except BaseException:
             slot.skip()
@@ -206,9 +206,7 @@ class BotCore:
         `sink_for` may return None when a message can no longer be answered (it is closed).
         """
         futures: list[asyncio.Future[Reply]] = []
-        for entry in await self._store.inbox_pending():
-            if entry.platform != platform:
-                continue
+        for entry in await self._store.inbox_claim(platform):
             message = _from_payload(entry.payload)
             sink = sink_for(message) if message is not None else None
             if message is None or sink is None:
@@ -225,8 +223,8 @@ class BotCore:
     async def expire_pending(self, platforms: Collection[str]) -> int:
         """Close unanswered entries whose caller is gone after a restart (an HTTP request, the console)."""
         expired = 0
-        for entry in await self._store.inbox_pending():
-            if entry.platform in platforms:
+        for platform in platforms:
+            for entry in await self._store.inbox_claim(platform):
                 await self._store.inbox_finish(entry.id, "expired")
                 expired += 1
         if expired:
@@ -277,7 +275,9 @@ class BotCore:
         message = job.message
         try:
             try:
-                reply, recorded = await self._dispatch(job)
+                # Across workers sharing a database: this conversation's earlier messages first.
+                async with self._store.conversation_turn(job.key, job.inbox_ids[0]):
+                    reply, recorded = await self._dispatch(job)
                 status = "answered"
             except UserError as exc:
                 text = exc.render(job.lang)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -169,8 +170,23 @@ class Store(Protocol):
         """Create or replace a user's policy."""
         ...
 
-    async def inbox_add(self, platform: str, chat_id: str, message_id: str, payload: str) -> int | None:
+    async def inbox_add(
+        self, platform: str, chat_id: str, message_id: str, payload: str, conversation_key: str = ""
+    ) -> int | None:
         """Record a received message; None when it was received before."""
+        ...
+
+    def conversation_turn(self, key: str, inbox_id: int) -> AbstractAsyncContextManager[None]:
+        """Hold a conversation while one of its messages is answered, across every worker.
+
+        Entered only once no other worker holds an earlier unanswered message of it, so answers
+        follow arrival order even when the messages reached different workers.
+        """
+        ...
+
+    async def inbox_claim(self, platform: str) -> list[InboxEntry]:
+        """Take over the platform's unanswered entries of this worker's earlier life and of
+        workers gone for good, oldest first (several workers never claim one entry twice)."""
         ...
 
     async def inbox_finish(self, inbox_id: int, status: str) -> None:

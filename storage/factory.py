@@ -19,6 +19,6 @@ async def open_store(settings: Settings) -> Store:
     """PostgresStore when GPTRELAY_DATABASE_URL is a postgresql:// URL, else SQLite at db_path."""
     url = settings.database_url
     if url and url.is_postgres:
-        return await PostgresStore.open(url.get_secret_value())
+        return await PostgresStore.open(url.get_secret_value(), settings.worker_id)
     logger.info("opening SQLite store at %s", settings.db_path)
     return await SqliteStore.open(settings.db_path)

@@ -86,4 +86,17 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "CREATE INDEX usage_day ON usage (day)",
         ),
     ),
+    (
+        "0003_workers",
+        (
+            # Which conversation an entry belongs to and which worker received it, so several
+            # workers on one database can keep each conversation in order.
+            "ALTER TABLE inbox ADD COLUMN conversation_key TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE inbox ADD COLUMN worker TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX inbox_pending_by_conversation ON inbox (conversation_key, id) "
+            "WHERE status = 'pending'",
+            "ALTER TABLE conversations ADD COLUMN lock_owner TEXT",
+            "ALTER TABLE conversations ADD COLUMN lock_until TEXT",
+        ),
+    ),
 )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import asyncpg
@@ -21,6 +24,21 @@ from storage.pg_migrations import PG_MIGRATIONS
 from storage.url import mask_password
 
 logger = logging.getLogger(__name__)
+
+# Several workers: how long a message waits for another worker's earlier message of the same
+# conversation, how long a conversation lock lives if its holder dies, and when another
+# worker's unanswered messages count as orphaned (its worker is gone) and may be taken over.
+TURN_WAIT_S = 30.0
+TURN_LEASE_S = 180.0
+TURN_POLL_MIN_S = 0.005
+TURN_POLL_MAX_S = 0.1
+ORPHAN_AFTER_S = 600.0
+_ACQUIRE_TURN = (
+    "UPDATE conversations SET lock_owner = $2, lock_until = now() + make_interval(secs => $3) "
+    "WHERE key = $1 AND (lock_owner IS NULL OR lock_until < now()) "
+    "AND (NOT $6 OR NOT EXISTS (SELECT 1 FROM inbox WHERE conversation_key = $1 "
+    "AND status = 'pending' AND id < $4 AND worker <> $5)) RETURNING id"
+)
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 20
@@ -67,11 +85,12 @@ def _conversation(row: asyncpg.Record) -> Conversation:
 class PostgresStore:
     """Store implementation on an asyncpg pool; several processes may share one database."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, worker: str) -> None:
         self._pool = pool
+        self._worker = worker
 
     @classmethod
-    async def open(cls, url: str) -> PostgresStore:
+    async def open(cls, url: str, worker: str = "") -> PostgresStore:
         """Connect to the database at `url` and apply pending migrations.
 
         Query parameters the driver does not know (e.g. `?search_path=bots`) become server settings.
@@ -85,7 +104,7 @@ class PostgresStore:
             timeout=CONNECT_TIMEOUT_S,
         )
         try:
-            store = cls(pool)
+            store = cls(pool, worker or socket.gethostname())
             await store._migrate()
         except BaseException:
             await pool.close()
@@ -319,18 +338,79 @@ class PostgresStore:
             _now(),
         )
 
-    async def inbox_add(self, platform: str, chat_id: str, message_id: str, payload: str) -> int | None:
-        """Record a received message; None when it was received before."""
+    async def inbox_add(
+        self, platform: str, chat_id: str, message_id: str, payload: str, conversation_key: str = ""
+    ) -> int | None:
+        """Record a received message, as this worker's; None when it was received before."""
         inbox_id: int | None = await self._pool.fetchval(
-            "INSERT INTO inbox (platform, chat_id, message_id, payload, received_at) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING id",
+            "INSERT INTO inbox (platform, chat_id, message_id, payload, received_at, conversation_key, "
+            "worker) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING id",
             platform,
             chat_id,
             message_id,
             payload,
             _now(),
+            conversation_key,
+            self._worker,
         )
         return inbox_id
+
+    @asynccontextmanager
+    async def conversation_turn(self, key: str, inbox_id: int) -> AsyncIterator[None]:
+        """Hold the conversation (a leased row lock) once no other worker has an earlier message."""
+        token = f"{self._worker}:{inbox_id}"
+        await self._pool.execute(
+            "INSERT INTO conversations (key, created_at, updated_at) VALUES ($1, $2, $2) "
+            "ON CONFLICT (key) DO NOTHING",
+            key,
+            _now(),
+        )
+        await self._acquire_turn(key, inbox_id, token)
+        try:
+            yield
+        finally:
+            # A release lost to a crash is healed by the lease running out.
+            await self._pool.execute(
+                "UPDATE conversations SET lock_owner = NULL, lock_until = NULL "
+                "WHERE key = $1 AND lock_owner = $2",
+                key,
+                token,
+            )
+
+    async def _acquire_turn(self, key: str, inbox_id: int, token: str) -> None:
+        """Poll (backing off) until the lock is free and no earlier message waits elsewhere."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TURN_WAIT_S
+        delay = TURN_POLL_MIN_S
+        in_order = True
+        while not await self._pool.fetchval(
+            _ACQUIRE_TURN, key, token, TURN_LEASE_S, inbox_id, self._worker, in_order
+        ):
+            if in_order and loop.time() > deadline:
+                # The worker holding the earlier message is gone; its message is replayed later.
+                logger.warning(
+                    "conversation %s: earlier message elsewhere unanswered for %.0f s; going on",
+                    key,
+                    TURN_WAIT_S,
+                )
+                in_order = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, TURN_POLL_MAX_S)
+
+    async def inbox_claim(self, platform: str) -> list[InboxEntry]:
+        """This worker's earlier entries and long-orphaned ones, claimed with SKIP LOCKED."""
+        rows = await self._pool.fetch(
+            "UPDATE inbox SET worker = $2 WHERE id IN ("
+            "SELECT id FROM inbox WHERE status = $4 AND platform = $1 "
+            "AND (worker = $2 OR received_at < now() - make_interval(secs => $3)) "
+            "ORDER BY id FOR UPDATE SKIP LOCKED) "
+            "RETURNING id, platform, chat_id, message_id, payload",
+            platform,
+            self._worker,
+            ORPHAN_AFTER_S,
+            INBOX_PENDING,
+        )
+        return sorted((InboxEntry(*row) for row in rows), key=lambda entry: entry.id)
 
     async def inbox_finish(self, inbox_id: int, status: str) -> None:
         """Mark an inbox entry handled (answered, ignored or failed)."""

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -318,12 +318,14 @@ class SqliteStore:
             (policy.user_key, int(policy.banned), policy.daily_tokens, policy.monthly_tokens, _now()),
         )
 
-    async def inbox_add(self, platform: str, chat_id: str, message_id: str, payload: str) -> int | None:
+    async def inbox_add(
+        self, platform: str, chat_id: str, message_id: str, payload: str, conversation_key: str = ""
+    ) -> int | None:
         """Record a received message; None when it was received before."""
         rows = await self._write(
-            "INSERT INTO inbox (platform, chat_id, message_id, payload, received_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-            (platform, chat_id, message_id, payload, _now()),
+            "INSERT INTO inbox (platform, chat_id, message_id, payload, received_at, conversation_key) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+            (platform, chat_id, message_id, payload, _now(), conversation_key),
         )
         return int(rows[0][0]) if rows else None  # type: ignore[call-overload]
 
@@ -332,6 +334,14 @@ class SqliteStore:
         await self._write(
             "UPDATE inbox SET status = ?, finished_at = ? WHERE id = ?", (status, _now(), inbox_id)
         )
+
+    def conversation_turn(self, key: str, inbox_id: int) -> AbstractAsyncContextManager[None]:
+        """One process per SQLite file: the core's own queue already keeps each conversation in order."""
+        return nullcontext()
+
+    async def inbox_claim(self, platform: str) -> list[InboxEntry]:
+        """Every unanswered entry of the platform: a SQLite file has one worker, this one."""
+        return [entry for entry in await self.inbox_pending() if entry.platform == platform]
 
     async def inbox_pending(self) -> list[InboxEntry]:
         """Received messages that were never handled, oldest first."""
