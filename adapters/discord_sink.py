@@ -85,6 +85,8 @@ class InteractionSink:
     max_message_len = DISCORD_MAX_MESSAGE_LEN
     can_stream = True
     edit_interval_s = WINDOW_S / WRITES_PER_WINDOW
+    # Each interaction waits for its own response: never merged into a burst (bot.bursts).
+    mergeable = False
 
     def __init__(self, interaction: discord.Interaction, gate: ChannelGate) -> None:
         self._interaction = interaction

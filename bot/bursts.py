@@ -46,20 +46,27 @@ class Bursts:
         self._platforms = frozenset(settings.burst_platforms)
         self._open: dict[tuple[str, str], Burst] = {}
 
-    def _eligible(self, message: IncomingMessage) -> bool:
-        """Plain text on a platform that bursts; a command or a textless message stands alone."""
+    def _eligible(self, message: IncomingMessage, sink: ReplySink) -> bool:
+        """Plain text on a platform that bursts; a command or a textless message stands alone.
+
+        So does a message whose sink must carry its own answer (a sink may declare
+        `mergeable = False`: a Discord slash command's interaction waits for its response).
+        """
         text = message.text.strip()
         return (
             self._window > 0
             and message.platform in self._platforms
             and bool(text)
             and parse_command(text) is None
+            and getattr(sink, "mergeable", True)
         )
 
-    def join(self, key: str, message: IncomingMessage, inbox_id: int) -> asyncio.Future[Any] | None:
+    def join(
+        self, key: str, message: IncomingMessage, sink: ReplySink, inbox_id: int
+    ) -> asyncio.Future[Any] | None:
         """Add the message to its user's waiting burst; return that burst's reply, or None."""
         burst = self._open.get((key, message.user_id))
-        if burst is None or burst.started or burst.future is None or not self._eligible(message):
+        if burst is None or burst.started or burst.future is None or not self._eligible(message, sink):
             return None
         burst.messages.append(message)
         burst.inbox_ids.append(inbox_id)
@@ -71,7 +78,7 @@ class Bursts:
 
     def open(self, key: str, message: IncomingMessage, sink: ReplySink, inbox_id: int) -> Burst | None:
         """Start a burst with this message, if it may have followers."""
-        if not self._eligible(message):
+        if not self._eligible(message, sink):
             return None
         burst = Burst((key, message.user_id), sink, [message], [inbox_id], asyncio.get_running_loop().time())
         self._open[burst.key] = burst
