@@ -159,7 +159,13 @@ class TelegramAdapter:
         """Translate one update and hand it to the core; returns once it is recorded."""
         migrated = update.message.migrate_to_chat_id if update.message else None
         if migrated is not None and update.message is not None:
-            await self._core.move_chat(PLATFORM, str(update.message.chat.id), str(migrated))
+            old = getattr(update.message.chat, "id", None)
+            # python-telegram-bot does not check types: a bad id would fail in the store, and an
+            # update that fails is never confirmed, so it would block every update after it.
+            if isinstance(old, int) and isinstance(migrated, int):
+                await self._core.move_chat(PLATFORM, str(old), str(migrated))
+            else:
+                logger.warning("update %s ignored: malformed chat migration", update.update_id)
             return
         try:
             message = to_incoming(update, self._me)
@@ -206,11 +212,13 @@ class TelegramAdapter:
         secret = self._settings.telegram_webhook_secret
         assert secret is not None
         given = request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), secret.get_secret_value().encode()):
+        # surrogateescape: a header that is not UTF-8 is compared as the bytes sent (a 401), not a crash.
+        sent = given.encode(errors="surrogateescape")
+        if not hmac.compare_digest(sent, secret.get_secret_value().encode()):
             return web.json_response({"error": "wrong secret token"}, status=401)
         try:
             update = Update.de_json(json.loads(await request.read()), self.bot)
-        except (ValueError, TypeError, KeyError, AttributeError):  # not JSON, or not an object
+        except Exception:  # not JSON, not an object, too deep, or a date out of range (OverflowError)
             return web.json_response({"error": "not a Telegram update"}, status=400)
         try:
             await self.receive(update)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from bot.app import build_model
 from bot.config import Settings
@@ -28,6 +32,21 @@ TEARDOWN_CLOSE_S = 1.0
 ENV_PREFIXES = ("GPTRELAY_", "OPENAI_", "AZURE_OPENAI_")
 
 SettingsFactory = Callable[..., Settings]
+
+# Property tests: bounded and reproducible by default (CI); `pytest --hypothesis-profile=dev` explores more.
+hypothesis_settings.register_profile(
+    "ci",
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.register_profile("dev", max_examples=1000, deadline=None, database=None)
+hypothesis_settings.load_profile("ci")
+# Hypothesis keeps caches in ./.hypothesis by default; keep the working directory clean.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "gptrelay-hypothesis")
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import pytest
@@ -57,8 +57,12 @@ async def bot_subprocess(
     cwd: Path,
     stdin: int | None = None,
     stdout: int = asyncio.subprocess.DEVNULL,
+    stderr: int | IO[Any] = asyncio.subprocess.PIPE,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m bot ARGS`, stderr piped; killed if still running at exit, reaped within REAP_TIMEOUT_S."""
+    """`python -m bot ARGS`, stderr piped; killed if still running at exit, reaped within REAP_TIMEOUT_S.
+
+    A process that logs more than a pipe holds (64 KiB) before exit needs `stderr` to be a file.
+    """
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -68,7 +72,7 @@ async def bot_subprocess(
         env=env,
         stdin=stdin,
         stdout=stdout,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=stderr,
     )
     try:
         yield process

@@ -8,7 +8,8 @@ Usage::
 
 Replies are taken from a FIFO queue, one per chat/completions request; with an empty queue the
 server echoes: ``"echo: " + <content of the last user message>`` (``/v1/completions``: the last
-line of the prompt). What the real ``openai`` 3.x client raises for the broken replies:
+line of the prompt); ``FakeOpenAI(echo_context=True)`` also says which earlier turns it was sent
+(``context_echo_text``). What the real ``openai`` 3.x client raises for the broken replies:
 
 * ``ErrorReply``: the ``APIStatusError`` subclass for the status (``BadRequestError``,
   ``AuthenticationError``, ``NotFoundError``, ``RateLimitError``, ``InternalServerError``...).
@@ -18,6 +19,8 @@ line of the prompt). What the real ``openai`` 3.x client raises for the broken r
   (httpx2 sees an incomplete chunked body: ``RemoteProtocolError``).
 * ``MalformedChunkReply``: ``json.JSONDecodeError`` (a ``ValueError``, not an ``openai.APIError``)
   while iterating, after the chunks sent before the bad line.
+* ``ResetReply``: ``APIConnectionError`` before any response (the socket is reset with a TCP RST);
+  the client retries it like a network failure.
 
 Empty, cut and malformed replies always answer with an SSE stream, even to a request without
 ``stream: true``; use them with streaming requests. Auth failures (401) are answered before a
@@ -29,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -42,6 +47,9 @@ from tests.fakes.local_server import HOST, LocalServer
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini",)
 DEFAULT_MODEL = "gpt-4o-mini"
 ECHO_PREFIX = "echo: "
+# context_echo_text: "echo: <last> | saw <n> earlier user turns, <m> answers: <first>, <second>".
+CONTEXT_MARK = " | saw "
+CONTEXT_JOIN = ", "
 SSE_DONE = b"data: [DONE]\n\n"
 MALFORMED_LINE = b"data: {not json\n\n"
 JSON_CONTENT_TYPE = "application/json"
@@ -153,7 +161,14 @@ class MalformedChunkReply:
     chunks: tuple[str, ...] = ("before",)
 
 
-Reply = TextReply | ErrorReply | HangReply | EmptyStreamReply | CutStreamReply | MalformedChunkReply
+@dataclass(frozen=True)
+class ResetReply:
+    """Reset the connection (TCP RST) without sending any response: "connection reset by peer"."""
+
+
+Reply = (
+    TextReply | ErrorReply | HangReply | EmptyStreamReply | CutStreamReply | MalformedChunkReply | ResetReply
+)
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,8 @@ class RecordedRequest:
     path: str
     body: dict[str, Any]
     headers: dict[str, str]
+    # time.monotonic() when the request arrived, to check the client's retry delays.
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def api_key(self) -> str | None:
@@ -204,6 +221,21 @@ def echo_text(body: Mapping[str, Any], legacy: bool) -> str:
         if message.get("role") == "user":
             return ECHO_PREFIX + message_text(message.get("content"))
     return ECHO_PREFIX
+
+
+def context_echo_text(body: Mapping[str, Any]) -> str:
+    """The echo plus what the model saw: the last user turn, then the earlier ones.
+
+    The earlier user turns are listed in the order they were sent, joined with ``CONTEXT_JOIN``.
+    """
+    messages = body.get("messages", [])
+    users = [message_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    answers = sum(m.get("role") == "assistant" for m in messages)
+    *earlier, last = users or [""]
+    return (
+        f"{ECHO_PREFIX}{last}{CONTEXT_MARK}{len(earlier)} earlier user turns, {answers} answers: "
+        + CONTEXT_JOIN.join(earlier)
+    )
 
 
 def message_text(content: Any) -> str:
@@ -254,6 +286,17 @@ def error_response(error: ErrorReply) -> web.Response:
     """The HTTP response for an ``ErrorReply``."""
     headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
     return json_response(error.body(), status=error.status, headers=headers)
+
+
+def reset_connection(request: web.Request) -> web.Response:
+    """Abort the request's connection with a TCP RST (SO_LINGER 0); the response is never sent."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return web.Response(status=499)  # for aiohttp only: nobody is left to read it
 
 
 def sse_event(payload: Mapping[str, Any]) -> bytes:
@@ -351,11 +394,17 @@ def completion_payload(call: _Call, reply: TextReply) -> dict[str, Any]:
 class FakeOpenAI(LocalServer):
     """A fake OpenAI API on ``127.0.0.1``: ``async with FakeOpenAI() as fake: fake.base_url``."""
 
-    def __init__(self, *, models: list[str] | None = None, api_key: str | None = None) -> None:
-        """Serve ``models`` at ``GET /v1/models``; with ``api_key`` set, another key gets 401."""
+    def __init__(
+        self, *, models: list[str] | None = None, api_key: str | None = None, echo_context: bool = False
+    ) -> None:
+        """Serve ``models`` at ``GET /v1/models``; with ``api_key`` set, another key gets 401.
+
+        With ``echo_context``, the chat echo also lists the earlier turns (``context_echo_text``).
+        """
         super().__init__()
         self.models: list[str] = list(models) if models is not None else list(DEFAULT_MODELS)
         self.api_key = api_key
+        self.echo_context = echo_context
         self.requests: list[RecordedRequest] = []
         self._replies: deque[Reply] = deque()
         self._ids = itertools.count(1)
@@ -465,12 +514,15 @@ class FakeOpenAI(LocalServer):
         if isinstance(recorded, web.Response):
             return recorded
         body = recorded.body
-        reply: Reply = self._replies.popleft() if self._replies else TextReply((echo_text(body, legacy),))
+        echo = TextReply((self._echo(body, legacy),))
+        reply: Reply = self._replies.popleft() if self._replies else echo
         if isinstance(reply, HangReply):
             await asyncio.sleep(reply.seconds)
-            reply = reply.then or TextReply((echo_text(body, legacy),))
+            reply = reply.then or echo
         if isinstance(reply, ErrorReply):
             return error_response(reply)
+        if isinstance(reply, ResetReply):
+            return reset_connection(request)
         stream_options = body.get("stream_options") or {}
         call = _Call(
             legacy=legacy,
@@ -486,6 +538,12 @@ class FakeOpenAI(LocalServer):
             return json_response(completion_payload(call, reply))
         # Every other reply kind is a stream, whatever the request asked for.
         return await self._stream(request, call, reply)
+
+    def _echo(self, body: Mapping[str, Any], legacy: bool) -> str:
+        """The unscripted answer: the echo, with the earlier turns when ``echo_context`` is set."""
+        if self.echo_context and not legacy:
+            return context_echo_text(body)
+        return echo_text(body, legacy)
 
     async def _stream(self, request: web.Request, call: _Call, reply: Reply) -> web.StreamResponse:
         """Write a streamed reply (normal, empty, cut or malformed)."""

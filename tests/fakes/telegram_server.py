@@ -10,10 +10,10 @@ Usage::
         assert tg.texts(5100000001) == ["echo: hi"]
 
 Scripting: ``push_update``, ``push_json_file``, ``private_text``/``group_text`` (update builders, with
-the ``mention``/``bot_command`` entities Telegram would attach), ``add_chat``, ``fail_next``. Reading:
-``calls``/``calls_of`` (``Call(method, params, at, status)``), ``messages``/``texts`` (the bot's
-messages now, after edits), ``drafts``/``draft_records``, ``commands``, ``webhook_url``,
-``webhook_secret``, ``confirmed_offset``, ``pending_updates``, ``flood_errors``.
+the ``mention``/``bot_command`` entities Telegram would attach), ``add_chat``, ``fail_next``,
+``drop_next``. Reading: ``calls``/``calls_of`` (``Call(method, params, at, status)``),
+``messages``/``texts`` (the bot's messages now, after edits), ``drafts``/``draft_records``, ``commands``,
+``webhook_url``, ``webhook_secret``, ``confirmed_offset``, ``pending_updates``, ``flood_errors``.
 
 Requests arrive at ``/bot<TOKEN>/<method>`` (method names are case-insensitive, as on Telegram), form
 encoded, multipart or JSON; every form field that is not plain text is JSON inside the field, as
@@ -35,8 +35,9 @@ What python-telegram-bot 22.8 raises for the answers:
 * 401 and 404: ``InvalidToken`` (``EndPointNotFound`` from ``Bot.do_api_request`` once initialized).
 * 409 ``Conflict``: a second getUpdates while one is waiting ends the older one, as on Telegram; and
   getUpdates while a webhook is set.
-* 429 ``RetryAfter`` (flood rules or ``fail_next``); 5xx ``NetworkError``. Reading
-  ``RetryAfter.retry_after`` as an int makes PTB 22.8 warn (an error under ``filterwarnings=error``):
+* 429 ``RetryAfter`` (flood rules or ``fail_next``); 5xx ``NetworkError``; a connection closed without
+  an answer (``drop_next``): ``NetworkError`` ("httpx.RemoteProtocolError: Server disconnected ...").
+  Reading ``RetryAfter.retry_after`` as an int makes PTB 22.8 warn (an error under ``filterwarnings=error``):
   set ``PTB_TIMEDELTA=1`` to get a ``timedelta``.
 
 The two draft errors are worded as another Bot API emulator words them (not checked against live
@@ -79,6 +80,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -971,6 +973,7 @@ class FakeTelegram(LocalServer):
         self._poll_generation = 0
         self._commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._failures: dict[str, deque[_ScriptedFailure]] = {}
+        self._drops: dict[str, int] = {}
         self._webhook_params: dict[str, Any] = {}
         self._sender = {"id": bot_id, "is_bot": True, "first_name": BOT_FIRST_NAME, "username": bot_username}
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -1089,6 +1092,14 @@ class FakeTelegram(LocalServer):
             text = f"{phrase}: {text}" if text else phrase
         queue = self._failures.setdefault(method.lower(), deque())
         queue.extend(_ScriptedFailure(status, text, retry) for _ in range(times))
+
+    def drop_next(self, method: str, *, times: int = 1) -> None:
+        """Close the connection of the next ``times`` calls of ``method`` without answering or applying them.
+
+        Their ``Call`` keeps the parameters and has ``status`` 0 (no answer).
+        """
+        key = method.lower()
+        self._drops[key] = self._drops.get(key, 0) + times
 
     def add_chat(
         self, chat_id: int, *, chat_type: str | None = None, title: str | None = None, is_forum: bool = False
@@ -1334,6 +1345,8 @@ class FakeTelegram(LocalServer):
         self._calls_by_method.setdefault(method.lower(), []).append(call)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        if self._drops.get(method.lower()):
+            return await self._drop(request, call)
         try:
             call.params = await self._read_params(request)
             payload = await self._dispatch(request.match_info["token"], method.lower(), call.params)
@@ -1342,6 +1355,16 @@ class FakeTelegram(LocalServer):
             logger.debug("%s -> %s %s", method, error.status, error.description)
             return _json_response(error.body(), error.status)
         return _json_response(payload)
+
+    async def _drop(self, request: web.Request, call: Call) -> web.Response:
+        """Read the request, then close the connection without an answer (a ``drop_next`` call)."""
+        self._drops[call.method.lower()] -= 1
+        call.status = 0
+        with suppress(ApiError):
+            call.params = await self._read_params(request)
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=499)  # never sent: the connection is gone
 
     async def _dispatch(self, token: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if token != self.token:
