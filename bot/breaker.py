@@ -12,9 +12,10 @@ from bot.model import Completion, GenerationParams, ModelClient, ModelStream, Tu
 logger = logging.getLogger(__name__)
 
 # Failures that say the backend itself is unwell; a refused request (bad model, too long)
-# says nothing about the backend and never trips the breaker.
+# says nothing about the backend and never trips the breaker, nor do rejected credentials
+# (users should keep hearing "tell the operator", not "the service is down").
 BACKEND_FAILURES = frozenset(
-    {ErrorKind.SERVER, ErrorKind.CONNECTION, ErrorKind.TIMEOUT, ErrorKind.RATE_LIMIT, ErrorKind.AUTH}
+    {ErrorKind.SERVER, ErrorKind.CONNECTION, ErrorKind.TIMEOUT, ErrorKind.RATE_LIMIT}
 )
 
 
