@@ -7,7 +7,7 @@ import re
 
 import discord
 
-from bot.messages import ChatKind, IncomingMessage
+from bot.messages import ChatKind, IncomingMessage, well_formed
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +18,17 @@ CONVERSATION_TYPES = frozenset({discord.MessageType.default, discord.MessageType
 
 def to_incoming(message: discord.Message, me: discord.abc.User) -> IncomingMessage | None:
     """Translate a message; None (with a DEBUG log) for anything gptrelay does not answer."""
+    try:
+        return well_formed(_translate(message, me))
+    except (AttributeError, TypeError, ValueError, LookupError):
+        # discord.py does not check field types (`content` may be null or a list): a malformed
+        # message is skipped with a warning, not an exception in the event handler.
+        logger.warning("message %s ignored: malformed", message.id, exc_info=True)
+        return None
+
+
+def _translate(message: discord.Message, me: discord.abc.User) -> IncomingMessage | None:
+    """to_incoming, trusting the message's shape."""
     if message.author.bot or message.author.id == me.id:
         logger.debug("message %s ignored: from a bot", message.id)
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal, TypeVar
 
 from aiohttp import web
@@ -16,6 +17,8 @@ M = TypeVar("M", bound=BaseModel)
 MAX_STOP_SEQUENCES = 4
 MAX_N = 8
 MAX_USER_ID_CHARS = 128
+# A \uXXXX escape of a UTF-16 surrogate: the only way valid UTF-8 JSON can carry half a pair.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 # Upstream failures as HTTP statuses: the caller's fault is 4xx, the model service's 5xx.
 STATUS_OF_MODEL_ERROR: dict[ErrorKind, int] = {
@@ -169,7 +172,20 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")
+    if SURROGATE_ESCAPE.search(raw):
+        _check_unicode(body)
     return body
+
+
+def _check_unicode(body: dict[str, Any]) -> None:
+    """Refuse strings with a lone surrogate: no model, log or database can encode them."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # Passed on, such a prompt fails inside the model client and trips the circuit breaker.
+        raise ApiError(400, "body is not valid Unicode: a \\uD800-\\uDFFF escape without its pair") from None
+    except RecursionError:
+        raise ApiError(400, "body is nested too deeply") from None
 
 
 def parse_body(model: type[M], body: dict[str, Any]) -> M:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from telegram import Message, MessageEntity, Update
 from telegram.constants import ChatType
 
-from bot.messages import ChatKind, IncomingMessage
+from bot.messages import ChatKind, IncomingMessage, well_formed
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class BotIdentity:
 def to_incoming(update: Update, me: BotIdentity) -> IncomingMessage | None:
     """Translate an update; None (with a DEBUG log) for anything gptrelay does not answer."""
     try:
-        return _translate(update, me)
+        return well_formed(_translate(update, me))
     except (AttributeError, TypeError, ValueError, LookupError):
         # python-telegram-bot does not check field types: a field of the wrong kind, or an entity
         # outside its text, must not stop the updates after this one.
@@ -63,19 +63,26 @@ def _translate(update: Update, me: BotIdentity) -> IncomingMessage | None:
     to_us = replied is not None and replied.from_user is not None and replied.from_user.id == me.id
     return IncomingMessage(
         platform=PLATFORM,
-        chat_id=str(message.chat.id),
+        chat_id=_id(message.chat.id),
         chat_kind=ChatKind.PRIVATE if private else ChatKind.GROUP,
-        user_id=str(user.id),
+        user_id=_id(user.id),
         user_name=user.full_name or user.username or str(user.id),
-        message_id=str(message.message_id),
+        message_id=_id(message.message_id),
         text=_prompt(text, mentions, command, me),
         addressed=private or bool(mentions) or to_us or command is not None,
-        thread_id=str(message.message_thread_id) if message.is_topic_message else None,
-        reply_to_id=str(replied.message_id) if replied is not None else None,
+        thread_id=_id(message.message_thread_id) if message.is_topic_message else None,
+        reply_to_id=_id(replied.message_id) if replied is not None else None,
         reply_to_text=None if replied is None or to_us else _quoted_text(message, replied),
         language=user.language_code,
         raw=update,
     )
+
+
+def _id(value: object) -> str:
+    """A chat, user or message id as text; TypeError unless it is an integer (the sink needs int())."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"id {value!r} is not an integer")
+    return str(value)
 
 
 def _text_and_entities(message: Message) -> tuple[str, list[MessageEntity]]:

@@ -40,6 +40,31 @@ class IncomingMessage:
     raw: object = field(default=None, repr=False, compare=False)
 
 
+# Fields that must hold text the store can encode (platform libraries do not check types).
+_REQUIRED_TEXT = ("chat_id", "user_id", "user_name", "message_id", "text")
+_OPTIONAL_TEXT = ("thread_id", "reply_to_id", "reply_to_text", "language", "guild_id")
+
+
+def well_formed(message: IncomingMessage | None) -> IncomingMessage | None:
+    """The message if every text field is a str the store can encode; else TypeError or ValueError.
+
+    A translator calls this last: a numeric `language_code` or a lone surrogate ("\\ud800" in
+    JSON) would otherwise fail deep in the core, and an update that fails is never confirmed.
+    """
+    if message is None:
+        return None
+    for name in (*_REQUIRED_TEXT, *_OPTIONAL_TEXT):
+        value = getattr(message, name)
+        if value is None and name in _OPTIONAL_TEXT:
+            continue
+        if not isinstance(value, str):
+            raise TypeError(f"{name} is {type(value).__name__}, not str")
+        value.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+    if not all(isinstance(role, str) for role in message.role_ids):
+        raise TypeError("role_ids must be strings")
+    return message
+
+
 class ReplySink(Protocol):
     """Where the core's answer goes; each adapter renders it its own way."""
 

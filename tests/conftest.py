@@ -43,7 +43,9 @@ hypothesis_settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-hypothesis_settings.register_profile("dev", max_examples=1000, deadline=None, database=None)
+hypothesis_settings.register_profile(
+    "dev", max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 hypothesis_settings.load_profile("ci")
 # Hypothesis keeps caches in ./.hypothesis by default; keep the working directory clean.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "gptrelay-hypothesis")
