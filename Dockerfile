@@ -36,8 +36,8 @@ RUN pip install --no-cache-dir --no-deps . \
  && gptrelay --help > /dev/null
 
 # ---------------------------------------------------------------------------------------------------
-# llama-cpp-python compiled into a wheel. Depends on pyproject.toml only, so the ~4-minute compile is
-# redone only when the pinned version changes.
+# llama-cpp-python compiled into a wheel. This stage sees pyproject.toml only, so the compile (several
+# minutes) is cached until pyproject.toml changes, whatever happens to the source.
 FROM base AS build-llama
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential cmake \

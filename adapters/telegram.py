@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
+import warnings
 
 from aiohttp import web
 from telegram import (
@@ -17,6 +18,7 @@ from telegram import (
 )
 from telegram.error import InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, ApplicationBuilder
+from telegram.warnings import PTBUserWarning
 
 from adapters.telegram_pacing import FloodGate
 from adapters.telegram_sink import TelegramSink, retry_seconds
@@ -140,10 +142,32 @@ class TelegramAdapter:
                 logger.warning("getUpdates failed (%s); retrying in %.0f s", exc, POLL_BACKOFF_S)
                 await asyncio.sleep(POLL_BACKOFF_S)
                 continue
+            except Exception:  # the library could not parse the batch: take it apart update by update
+                logger.warning("getUpdates returned an update the library cannot parse", exc_info=True)
+                offset = await self._salvage(offset)
+                continue
             if updates:
                 offset = await self._accept(updates)
 
-    async def _accept(self, updates: tuple[Update, ...]) -> int:
+    async def _salvage(self, offset: int | None) -> int | None:
+        """Fetch the batch as raw JSON, skip what cannot be parsed, record the rest; the new offset."""
+        with warnings.catch_warnings():
+            # PTB warns that get_updates exists; the raw result is the point. One short request.
+            warnings.simplefilter("ignore", PTBUserWarning)
+            raw = await self.bot.do_api_request("getUpdates", api_kwargs={"offset": offset, "timeout": 0})
+        items = [item for item in raw if isinstance(item, dict)] if isinstance(raw, list) else []
+        ids = [item["update_id"] for item in items if isinstance(item.get("update_id"), int)]
+        if not ids:
+            return offset
+        parsed = []
+        for item in items:
+            try:
+                parsed.append(Update.de_json(item, self.bot))
+            except Exception:  # this update alone is malformed: confirm it without answering
+                logger.warning("update %s cannot be parsed; skipped", item.get("update_id"), exc_info=True)
+        return await self._accept(tuple(parsed), max(ids) + 1)
+
+    async def _accept(self, updates: tuple[Update, ...], next_offset: int | None = None) -> int:
         """Record a batch (in order, concurrently); return the offset that confirms what was kept."""
         results = await asyncio.gather(*(self.receive(u) for u in updates), return_exceptions=True)
         for update, result in zip(updates, results, strict=True):
@@ -153,7 +177,7 @@ class TelegramAdapter:
                     logger.error("could not record update %s: %r", update.update_id, result)
                     await asyncio.sleep(POLL_BACKOFF_S)
                 return update.update_id
-        return updates[-1].update_id + 1
+        return next_offset if next_offset is not None else updates[-1].update_id + 1
 
     async def receive(self, update: Update) -> None:
         """Translate one update and hand it to the core; returns once it is recorded."""

@@ -224,6 +224,21 @@ async def test_private_context_survives_turns_and_restart(
     assert len(model_requests(fake_openai)) == 3
 
 
+async def test_an_update_the_library_cannot_parse_is_skipped_and_the_rest_answered(
+    tg: FakeTelegram, tg_settings: SettingsFactory, fake_openai: FakeOpenAI
+) -> None:
+    broken = tg.private_text(ALICE, "from the far future")
+    broken["message"]["date"] = 10**13  # python-telegram-bot raises parsing this date
+    async with running_bot(tg_settings()):
+        broken = tg.push_update(broken)
+        fine = tg.push_update(tg.private_text(ALICE, "still there?"))
+        await handled(tg, fine)
+        await until(lambda: tg.texts(ALICE) == ["echo: still there?"], "the answer after the broken update")
+    # Confirmed without an answer, and polling went on instead of dying or looping on the batch.
+    assert tg.confirmed_offset > broken["update_id"]
+    assert [request[-1] for request in model_requests(fake_openai)] == [("user", "still there?")]
+
+
 async def test_message_cut_off_by_a_stop_is_answered_after_the_restart(
     tg: FakeTelegram, tg_settings: SettingsFactory, fake_openai: FakeOpenAI
 ) -> None:
