@@ -1,4 +1,4 @@
-"""`python -m bench [core] [local] [telegram] [discord] [load] [--json]`: run benchmarks, print one table."""
+"""`python -m bench [core] [local] [telegram] [discord] [load] [workers] [--json]`: print one table."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import asyncio
 import os
 import platform
 
-from bench import core_bench, discord_bench, load_bench, local_bench, telegram_bench
+from bench import core_bench, discord_bench, load_bench, local_bench, telegram_bench, workers_bench
 from bench.core_bench import Row
 
-BENCHMARKS = ("core", "local", "telegram", "discord", "load")
+BENCHMARKS = ("core", "local", "telegram", "discord", "load", "workers")
 
 
 def _run_core(cores: int) -> list[Row]:
@@ -46,6 +46,8 @@ def main() -> None:
         rows += asyncio.run(discord_bench.run())  # unpinned: the bot and the fake run in separate processes
     if "load" in chosen:
         rows += asyncio.run(load_bench.run())  # unpinned: the bot runs in a process of its own
+    if "workers" in chosen:
+        rows += asyncio.run(workers_bench.run())  # unpinned: workers, PostgreSQL and driver share the cores
     if args.json:
         print(core_bench.as_json(rows))
         return

@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
@@ -38,6 +39,15 @@ _ACQUIRE_TURN = (
     "WHERE key = $1 AND (lock_owner IS NULL OR lock_until < now()) "
     "AND (NOT $6 OR NOT EXISTS (SELECT 1 FROM inbox WHERE conversation_key = $1 "
     "AND status = 'pending' AND id < $4 AND worker <> $5)) RETURNING id"
+)
+
+# A conversation's inbox inserts take this advisory lock (with the key's hash) until they commit,
+# so its ids are handed out in commit order: a worker that sees one entry sees every earlier one.
+INBOX_ADD_LOCK_CLASS = 0x67707472  # "gptr"
+_INBOX_ADD = (
+    "WITH turn AS (SELECT pg_advisory_xact_lock($8, hashtext($6))) "
+    "INSERT INTO inbox (platform, chat_id, message_id, payload, received_at, conversation_key, worker) "
+    "SELECT $1, $2, $3, $4, $5, $6, $7 FROM turn ON CONFLICT DO NOTHING RETURNING id"
 )
 
 POOL_MIN_SIZE = 1
@@ -82,12 +92,21 @@ def _conversation(row: asyncpg.Record) -> Conversation:
     )
 
 
+@dataclass
+class _Turnstile:
+    """The lock serialising one conversation's inbox inserts, and how many calls hold or want it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class PostgresStore:
     """Store implementation on an asyncpg pool; several processes may share one database."""
 
     def __init__(self, pool: asyncpg.Pool, worker: str) -> None:
         self._pool = pool
         self._worker = worker
+        self._adding: dict[str, _Turnstile] = {}
 
     @classmethod
     async def open(cls, url: str, worker: str = "") -> PostgresStore:
@@ -341,19 +360,42 @@ class PostgresStore:
     async def inbox_add(
         self, platform: str, chat_id: str, message_id: str, payload: str, conversation_key: str = ""
     ) -> int | None:
-        """Record a received message, as this worker's; None when it was received before."""
-        inbox_id: int | None = await self._pool.fetchval(
-            "INSERT INTO inbox (platform, chat_id, message_id, payload, received_at, conversation_key, "
-            "worker) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING id",
-            platform,
-            chat_id,
-            message_id,
-            payload,
-            _now(),
-            conversation_key,
-            self._worker,
-        )
+        """Record a received message, as this worker's; None when it was received before.
+
+        A conversation's entries get ids in the order of the calls: the core reserves their places
+        in that order, and conversation_turn relies on the two orders being the same.
+        """
+        async with self._in_call_order(conversation_key):
+            inbox_id: int | None = await self._pool.fetchval(
+                _INBOX_ADD,
+                platform,
+                chat_id,
+                message_id,
+                payload,
+                _now(),
+                conversation_key,
+                self._worker,
+                INBOX_ADD_LOCK_CLASS,
+            )
         return inbox_id
+
+    @asynccontextmanager
+    async def _in_call_order(self, key: str) -> AsyncIterator[None]:
+        """One insert of a conversation at a time in this process, first called first."""
+        # Concurrent inserts on separate connections may be numbered in either order; a later
+        # message numbered first would wait for one queued behind it here (a deadlock until
+        # TURN_WAIT_S). asyncio.Lock is taken in call order, and at the call if free.
+        turnstile = self._adding.get(key)
+        if turnstile is None:
+            turnstile = self._adding[key] = _Turnstile()
+        turnstile.users += 1
+        try:
+            async with turnstile.lock:
+                yield
+        finally:
+            turnstile.users -= 1
+            if not turnstile.users:
+                del self._adding[key]
 
     @asynccontextmanager
     async def conversation_turn(self, key: str, inbox_id: int) -> AsyncIterator[None]:
