@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 
-from adapters.rate_window import RateWindow
+from adapters.rate_window import FreeSlot, RateWindow
 
 # Discord allows 5 message writes per 5 s per channel, but discord.py holds back the request
 # that empties a bucket until it resets (~5 s): keep to 4 per window on the path to an answer.
@@ -36,18 +36,13 @@ class ChannelGate:
         self._slots: dict[int, deque[float]] = {}
         self._global = RateWindow(GLOBAL_PER_S, 1.0, clock, sleep)
 
-    @asynccontextmanager
-    async def write(self, channel_id: int) -> AsyncIterator[None]:
+    def write(self, channel_id: int) -> Write:
         """Hold the channel's next slot and a share of the bot-wide budget for one write."""
-        await self.wait(channel_id)
-        async with self._global.slot():
-            yield
+        return Write(self, self._global, channel_id)
 
-    @asynccontextmanager
-    async def typing(self) -> AsyncIterator[bool]:
+    def typing(self) -> FreeSlot:
         """A bot-wide slot for a typing indicator, only if answers leave one free now."""
-        async with self._global.slot_if_free(reserve=TYPING_RESERVE) as free:
-            yield free
+        return self._global.slot_if_free(reserve=TYPING_RESERVE)
 
     async def wait(self, channel_id: int) -> None:
         """Wait for the channel's next free slot (reserved before sleeping)."""
@@ -55,7 +50,9 @@ class ChannelGate:
         if self._waits % FORGET_EVERY == 0:
             self.forget_idle()
         now = self._clock()
-        slots = self._slots.setdefault(channel_id, deque(maxlen=WRITES_PER_WINDOW))
+        slots = self._slots.get(channel_id)
+        if slots is None:
+            slots = self._slots[channel_id] = deque(maxlen=WRITES_PER_WINDOW)
         at = now
         if slots:
             at = max(at, slots[-1])
@@ -70,3 +67,28 @@ class ChannelGate:
         horizon = self._clock() - WINDOW_S
         for channel_id in [c for c, s in self._slots.items() if not s or s[-1] < horizon]:
             del self._slots[channel_id]
+
+
+class Write:
+    """`async with gate.write(channel_id):` one write, in the channel's slot and the bot-wide budget.
+
+    A class rather than a generator-based context manager: every answer enters one.
+    """
+
+    __slots__ = ("_channel_id", "_gate", "_global")
+
+    def __init__(self, gate: ChannelGate, budget: RateWindow, channel_id: int) -> None:
+        self._gate = gate
+        self._global = budget
+        self._channel_id = channel_id
+
+    async def __aenter__(self) -> None:
+        """Wait for the channel's slot, then for the bot-wide one."""
+        await self._gate.wait(self._channel_id)
+        await self._global.acquire()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Free the bot-wide slot (one window later)."""
+        self._global.release()

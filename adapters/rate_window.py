@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 
 # How often the window is re-checked while every counted request is still in flight.
 IN_FLIGHT_POLL_S = 0.02
-
-Entry = list[float]
 
 
 class RateWindow:
@@ -36,48 +33,47 @@ class RateWindow:
         self._window_s = window_s
         self._clock = clock
         self._sleep = sleep
-        # One entry per counted request: when it finished, or inf while in flight.
-        self._entries: list[Entry] = []
-        self._waiters: deque[tuple[asyncio.Future[Entry], int]] = deque()
+        # Counted requests: those still in flight, and when each finished one did, oldest first.
+        # Finish times are appended as they happen, so the deque stays sorted and the window is
+        # pruned from the left: a busy bot has hundreds in the window, and a scan per request
+        # was its costliest line.
+        self._in_flight = 0
+        self._finished: deque[float] = deque()
+        self._waiters: deque[tuple[asyncio.Future[None], int]] = deque()
         self._timer: asyncio.Task[None] | None = None
 
-    @asynccontextmanager
-    async def slot(self, reserve: int = 0) -> AsyncIterator[None]:
+    def slot(self, reserve: int = 0) -> WindowSlot:
         """Hold a slot for the duration of one request, waiting for one first."""
-        entry = await self._acquire(reserve)
-        try:
-            yield
-        finally:
-            self._release(entry)
+        return WindowSlot(self, reserve)
 
-    @asynccontextmanager
-    async def slot_if_free(self, reserve: int = 0) -> AsyncIterator[bool]:
+    def slot_if_free(self, reserve: int = 0) -> FreeSlot:
         """Hold a slot only if one is free now (for requests worth skipping, like typing)."""
-        entry = None if self._waiters else self._take(reserve)
-        try:
-            yield entry is not None
-        finally:
-            if entry is not None:
-                self._release(entry)
+        return FreeSlot(self, reserve)
 
-    async def _acquire(self, reserve: int) -> Entry:
-        """A slot now if nobody is waiting, else a place in the queue."""
-        if not self._waiters and (entry := self._take(reserve)) is not None:
-            return entry
-        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+    async def acquire(self, reserve: int = 0) -> None:
+        """Count a request: a slot now if nobody is waiting, else a place in the queue."""
+        if self.try_acquire(reserve):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((future, reserve))
         self._serve()
         try:
-            return await future
+            await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self._release(future.result())  # granted just as we were cancelled
+                self.release()  # granted just as we were cancelled
             raise
 
-    def _release(self, entry: Entry) -> None:
+    def try_acquire(self, reserve: int = 0) -> bool:
+        """Count a request only if a slot is free now and nobody is queued before it."""
+        return not self._waiters and self._take(reserve)
+
+    def release(self) -> None:
         """The request is done: it counts for one more window, then frees its slot."""
-        entry[0] = self._clock()
-        self._serve()
+        self._in_flight -= 1
+        self._finished.append(self._clock())
+        if self._waiters:
+            self._serve()
 
     def _serve(self) -> None:
         """Grant slots to waiters in order (skipping those whose reserve does not fit yet)."""
@@ -86,11 +82,10 @@ class RateWindow:
             if future.done():
                 self._waiters.remove(item)
                 continue
-            entry = self._take(reserve)
-            if entry is None:
+            if not self._take(reserve):
                 continue
             self._waiters.remove(item)
-            future.set_result(entry)
+            future.set_result(None)
         if self._waiters and (self._timer is None or self._timer.done()):
             self._timer = asyncio.get_running_loop().create_task(self._wake_later())
 
@@ -100,19 +95,63 @@ class RateWindow:
         self._timer = None
         self._serve()
 
-    def _take(self, reserve: int) -> Entry | None:
+    def _take(self, reserve: int) -> bool:
         """Count a request now if fewer than `limit - reserve` are in the window."""
-        now = self._clock()
-        self._entries = [entry for entry in self._entries if entry[0] > now - self._window_s]
-        if len(self._entries) >= self._limit - reserve:
-            return None
-        entry = [math.inf]
-        self._entries.append(entry)
-        return entry
+        horizon = self._clock() - self._window_s
+        finished = self._finished
+        while finished and finished[0] <= horizon:
+            finished.popleft()
+        if self._in_flight + len(finished) >= self._limit - reserve:
+            return False
+        self._in_flight += 1
+        return True
 
     def _next_free_in(self) -> float:
         """Seconds until the oldest finished request leaves the window."""
-        finished = [entry[0] for entry in self._entries if entry[0] != math.inf]
-        if not finished:
+        if not self._finished:
             return IN_FLIGHT_POLL_S
-        return max(min(finished) + self._window_s - self._clock(), 0.0)
+        return max(self._finished[0] + self._window_s - self._clock(), 0.0)
+
+
+class WindowSlot:
+    """`async with window.slot():` one counted request, waiting for a slot first."""
+
+    __slots__ = ("_reserve", "_window")
+
+    def __init__(self, window: RateWindow, reserve: int) -> None:
+        self._window = window
+        self._reserve = reserve
+
+    async def __aenter__(self) -> None:
+        """Wait for the slot."""
+        await self._window.acquire(self._reserve)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Free it (one window later)."""
+        self._window.release()
+
+
+class FreeSlot:
+    """`async with window.slot_if_free() as free:` a counted request only if one is free now."""
+
+    __slots__ = ("_held", "_reserve", "_window")
+
+    def __init__(self, window: RateWindow, reserve: int) -> None:
+        self._window = window
+        self._reserve = reserve
+        self._held = False
+
+    async def __aenter__(self) -> bool:
+        """Take a slot if one is free; say whether it was."""
+        self._held = self._window.try_acquire(self._reserve)
+        return self._held
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Free the slot, if one was taken."""
+        if self._held:
+            self._held = False
+            self._window.release()

@@ -9,7 +9,9 @@ bot's process discord.py is pointed at the fake through `Route.BASE` and `DEFAUL
   THROUGHPUT_MESSAGES / THROUGHPUT_CHANNELS per conversation), all at once, through gptrelay (adapter +
   core + SQLite, instant model) and, side by side, through the floor: a bare `discord.Client` whose
   `on_message` replies once to each mention. The fake applies no rate limits and gptrelay's ChannelGate
-  never waits (the floor has no pacing). Then LATENCY_SAMPLES mentions one at a time for the latency.
+  never waits (the floor has no pacing). gptrelay's bursts are off: a user's mentions that arrive
+  together would be merged into one answer, and the floor answers each. Then LATENCY_SAMPLES mentions
+  one at a time for the latency.
 * pending: PENDING_MESSAGES mentions from as many users in THROUGHPUT_CHANNELS channels to a model that
   blocks until released: the bot's RSS once every one of them is accepted and waiting.
 * load: LOAD_USERS users at once in DMs with a model that thinks 2 s, without rate limits (as the
@@ -191,6 +193,8 @@ async def _serve_gptrelay(args: argparse.Namespace) -> None:
         openai_base_url="http://127.0.0.1:9/v1",
         model="bench-model",
         log_level=args.log_level,
+        # Each mention gets its own answer, as the floor's does, so CPU per answer compares like with like.
+        **({"burst_platforms": []} if args.no_bursts else {}),
         _env_file=None,
     )  # type: ignore[call-arg]
     setup_logging(settings)
@@ -264,6 +268,7 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("--model", choices=("instant", "stream", "slow", "held"), default="instant")
     parser.add_argument("--count-accepted", action="store_true", help="count accepted messages (gptrelay)")
     parser.add_argument("--no-pacing", action="store_true", help="gptrelay's channel gate never waits")
+    parser.add_argument("--no-bursts", action="store_true", help="gptrelay answers each message on its own")
     parser.add_argument("--first-tokens", help="file to append '<tag> <monotonic time>' per first token")
     parser.add_argument("--log-level", default="INFO", help="gptrelay's log level (INFO: as `run`)")
     parser.add_argument("--profile", help="write cProfile stats of the whole process here")
@@ -598,7 +603,7 @@ async def run() -> list[Row]:
         relays: list[Throughput] = []
         for _ in range(ROUNDS):
             floors.append(await _throughput("serve-floor", work))
-            relays.append(await _throughput("serve-bot", work, "--no-pacing"))
+            relays.append(await _throughput("serve-bot", work, "--no-pacing", "--no-bursts"))
         floor = min(floors, key=lambda t: t.cpu_us)
         relay = min(relays, key=lambda t: t.cpu_us)
         floor_pending = await _pending("serve-floor", work)
@@ -612,7 +617,7 @@ async def run() -> list[Row]:
     burst = f"{THROUGHPUT_MESSAGES:,} mentions, {per_channel} from one user in each of "
     burst += f"{THROUGHPUT_CHANNELS} channels"
     unlimited = "no rate limits in the fake, gptrelay's channel gate never waits"
-    setup = f"instant model, {unlimited}; best of {ROUNDS} alternating runs"
+    setup = f"instant model, {unlimited}, one answer per mention; best of {ROUNDS} alternating runs"
     delays = [d * 1e3 for d in stream.visible_delay_s]
     rows = [
         Row(
