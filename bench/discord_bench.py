@@ -177,7 +177,7 @@ async def _serve_gptrelay(args: argparse.Namespace) -> None:
     """What `gptrelay run` does for a Discord-only configuration, with a bench model."""
     from adapters import discord_pacing
     from adapters.discord import DiscordAdapter
-    from bot.app import open_runtime
+    from bot.app import open_runtime, settle_heap
     from bot.config import Settings
     from bot.logsetup import setup_logging
 
@@ -213,6 +213,7 @@ async def _serve_gptrelay(args: argparse.Namespace) -> None:
 
             runtime.core.submit = counted  # type: ignore[method-assign]
         await adapter.start()
+        settle_heap()  # as `gptrelay run` does once started
         status.write()
         writer = asyncio.create_task(status.keep_writing())
         try:

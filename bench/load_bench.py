@@ -104,7 +104,7 @@ class EchoModel:
 async def _serve_bot(args: argparse.Namespace) -> None:
     """What `gptrelay run` does (bot.app.serve), with the bench model; limits from GPTRELAY_* in env."""
     from adapters import telegram_pacing
-    from bot.app import enabled_adapters, open_runtime
+    from bot.app import enabled_adapters, open_runtime, settle_heap
     from bot.logsetup import setup_logging
 
     telegram = args.telegram_base_url is not None
@@ -133,6 +133,7 @@ async def _serve_bot(args: argparse.Namespace) -> None:
         adapters = enabled_adapters(runtime)
         for adapter in adapters:
             await adapter.start()
+        settle_heap()  # as `gptrelay run` does once started
         try:
             await stop.wait()
             await runtime.core.close(settings.shutdown_timeout_s)

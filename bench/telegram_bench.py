@@ -96,7 +96,7 @@ async def _serve_gptrelay(args: argparse.Namespace) -> None:
     """What `gptrelay run` does for a Telegram-only configuration, with a bench model."""
     from adapters import telegram_pacing
     from adapters.telegram import TelegramAdapter
-    from bot.app import open_runtime
+    from bot.app import open_runtime, settle_heap
     from bot.config import Settings
     from bot.logsetup import setup_logging
 
@@ -113,6 +113,9 @@ async def _serve_gptrelay(args: argparse.Namespace) -> None:
         openai_base_url="http://127.0.0.1:9/v1",
         model="bench-model",
         log_level=args.log_level,
+        # The throughput run sends several messages per user at once: each must get its own answer,
+        # as the floor's do, not one merged answer.
+        **({"burst_platforms": []} if args.no_bursts else {}),
         _env_file=None,
     )  # type: ignore[call-arg]
     setup_logging(settings)
@@ -121,6 +124,7 @@ async def _serve_gptrelay(args: argparse.Namespace) -> None:
     async with open_runtime(settings, model=_model(args.model, first_tokens)) as runtime:
         adapter = TelegramAdapter(runtime.core, settings)
         await adapter.start()
+        settle_heap()  # as `gptrelay run` does once started
         try:
             await stop.wait()
             await runtime.core.close(settings.shutdown_timeout_s)
@@ -166,6 +170,7 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("--data-dir", default=".")
     parser.add_argument("--model", choices=("instant", "stream", "slow"), default="instant")
     parser.add_argument("--no-pacing", action="store_true", help="gptrelay's flood gate never waits")
+    parser.add_argument("--no-bursts", action="store_true", help="gptrelay answers each message on its own")
     parser.add_argument("--first-tokens", help="file to append '<tag> <monotonic time>' per first token")
     parser.add_argument("--log-level", default="INFO", help="gptrelay's log level (INFO: as `run`)")
     parser.add_argument("--profile", help="write cProfile stats of the whole process here")
@@ -417,7 +422,7 @@ async def run() -> list[Row]:
         relays: list[Throughput] = []
         for _ in range(ROUNDS):
             floors.append(await _throughput("serve-floor", work))
-            relays.append(await _throughput("serve-bot", work, "--no-pacing"))
+            relays.append(await _throughput("serve-bot", work, "--no-pacing", "--no-bursts"))
         floor = min(floors, key=lambda t: t.cpu_us)
         relay = min(relays, key=lambda t: t.cpu_us)
         flood = await _flood(work)

@@ -120,7 +120,7 @@ class InstantEchoModel:
 
 async def _serve_worker(args: argparse.Namespace) -> None:
     """What `gptrelay run` does (bot.app.serve) with the bench model; the store from GPTRELAY_* in env."""
-    from bot.app import enabled_adapters, open_runtime
+    from bot.app import enabled_adapters, open_runtime, settle_heap
     from bot.logsetup import setup_logging
 
     settings = Settings(
@@ -139,6 +139,7 @@ async def _serve_worker(args: argparse.Namespace) -> None:
         adapters = enabled_adapters(runtime)
         for adapter in adapters:
             await adapter.start()
+        settle_heap()  # as `gptrelay run` does once started
         try:
             await stop.wait()
             await runtime.core.close(settings.shutdown_timeout_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -45,6 +46,16 @@ def build_model(settings: Settings) -> ModelClient:
 
 # Requests answered only to a waiting caller: not worth answering after a restart.
 EPHEMERAL_PLATFORMS = ("http", "console")
+
+
+def settle_heap() -> None:
+    """Move everything built at start-up out of the garbage collector's sight.
+
+    Modules, settings and clients live until exit, yet every full collection walked them again:
+    about a tenth of a bot's CPU per answer went to that under load.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class StartupError(Exception):
@@ -107,6 +118,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             for adapter in adapters:
                 await _start(adapter)
                 started.append(adapter)
+            settle_heap()
             logger.info("gptrelay running: %s", ", ".join(a.name for a in started))
             await stop.wait()
             logger.info(
