@@ -26,11 +26,17 @@ from storage.migrations import MIGRATIONS
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5_000
+# Inbox rows per multi-row insert: 6 parameters each, well under SQLite's 32,766.
+INBOX_BATCH = 1_000
 INBOX_PENDING = "pending"
 
 _CONVERSATION_COLUMNS = (
     "id, key, start_seq, next_seq, system_prompt, model, persona, summary, summary_seq, updated_at"
 )
+
+
+# platform, chat_id, message_id, payload, conversation_key
+_InboxRow = tuple[str, str, str, str, str]
 
 
 def _now() -> str:
@@ -48,6 +54,8 @@ class SqliteStore:
         self._write_lock = asyncio.Lock()
         self._pending_turns: list[tuple[TurnRecord, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._pending_inbox: list[tuple[_InboxRow, asyncio.Future[int | None]]] = []
+        self._inbox_flusher: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -321,13 +329,57 @@ class SqliteStore:
     async def inbox_add(
         self, platform: str, chat_id: str, message_id: str, payload: str, conversation_key: str = ""
     ) -> int | None:
-        """Record a received message; None when it was received before."""
-        rows = await self._write(
+        """Record a received message; None when it was received before.
+
+        Messages arriving while an insert is under way are inserted together in the next one
+        (group commit, as for turns): a burst of messages then costs a few commits, not one each.
+        """
+        done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._pending_inbox.append(((platform, chat_id, message_id, payload, conversation_key), done))
+        if self._inbox_flusher is None or self._inbox_flusher.done():
+            self._inbox_flusher = asyncio.create_task(self._flush_inbox())
+        return await done
+
+    async def _flush_inbox(self) -> None:
+        """Insert pending inbox rows in batches until none are left; each caller gets its id."""
+        batch: list[tuple[_InboxRow, asyncio.Future[int | None]]] = []
+        try:
+            while self._pending_inbox:
+                batch = self._pending_inbox[:INBOX_BATCH]
+                del self._pending_inbox[:INBOX_BATCH]
+                try:
+                    ids = await self._insert_inbox([row for row, _ in batch])
+                except Exception as exc:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                for inbox_id, (_, done) in zip(ids, batch, strict=True):
+                    if not done.done():
+                        done.set_result(inbox_id)
+        except BaseException:
+            # Cancelled mid-insert (loop shutdown): nobody may be left waiting forever.
+            for _, done in [*batch, *self._pending_inbox]:
+                if not done.done():
+                    done.cancel()
+            self._pending_inbox = []
+            raise
+
+    async def _insert_inbox(self, rows: list[_InboxRow]) -> list[int | None]:
+        """One multi-row insert; a row already received (or twice in the batch) gets None."""
+        now = _now()
+        values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in rows)
+        params = [
+            p for platform, chat, msg, payload, key in rows for p in (platform, chat, msg, payload, now, key)
+        ]
+        inserted = await self._write(
             "INSERT INTO inbox (platform, chat_id, message_id, payload, received_at, conversation_key) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-            (platform, chat_id, message_id, payload, _now(), conversation_key),
+            f"VALUES {values} ON CONFLICT DO NOTHING RETURNING id, platform, chat_id, message_id",
+            tuple(params),
         )
-        return int(rows[0][0]) if rows else None  # type: ignore[call-overload]
+        # RETURNING's row order is not guaranteed: match the rows back by their unique key.
+        by_key: dict[tuple[object, ...], int] = {tuple(row[1:]): int(row[0]) for row in inserted}  # type: ignore[call-overload]
+        return [by_key.pop((platform, chat, msg), None) for platform, chat, msg, _, _ in rows]
 
     async def inbox_finish(self, inbox_id: int, status: str) -> None:
         """Mark an inbox entry handled (answered, ignored or failed)."""
@@ -353,6 +405,8 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Flush pending turns and release the database."""
+        if self._inbox_flusher is not None:
+            await self._inbox_flusher
         if self._flusher is not None:
             await self._flusher
         await self._db.close()

@@ -390,6 +390,19 @@ async def test_inbox_add_detects_redelivery(store: Store) -> None:
     assert len({first, other_chat, other_platform}) == 3
 
 
+async def test_concurrent_inbox_adds_get_ids_in_call_order_and_duplicates_none(store: Store) -> None:
+    # Arriving together, they are written together (SQLite batches them): each still gets its own
+    # answer, a message twice in one batch is a duplicate the second time, and ids follow the calls.
+    calls = [("telegram", "100", str(n % 40), f'{{"n": {n}}}') for n in range(50)]
+    ids = await asyncio.gather(*(store.inbox_add(*call, "telegram:chat:100") for call in calls))
+    fresh = [i for i in ids[:40] if i is not None]
+    assert len(fresh) == 40
+    assert fresh == sorted(fresh)
+    assert ids[40:] == [None] * 10
+    pending = await store.inbox_pending()
+    assert [(e.id, e.message_id) for e in pending] == [(i, str(n)) for n, i in enumerate(fresh)]
+
+
 async def test_inbox_redelivery_after_finish_is_still_a_duplicate(store: Store) -> None:
     inbox_id = await store.inbox_add("telegram", "100", "5", "{}")
     assert inbox_id is not None
