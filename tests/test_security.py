@@ -199,7 +199,10 @@ async def test_telegram_token_and_model_key_stay_out_of_logs_replies_and_databas
     caplog: pytest.LogCaptureFixture,
     log_output: Callable[[Settings], io.StringIO],
 ) -> None:
-    settings = telegram_settings(make_settings, tg, openai_api_key=OPENAI_KEY, log_level="DEBUG")
+    # "three" and "four" arrive together and must fail separately: no burst merging here.
+    settings = telegram_settings(
+        make_settings, tg, openai_api_key=OPENAI_KEY, log_level="DEBUG", burst_window_s=0
+    )
     output = log_output(settings)
     fake_openai.enqueue(*model_failures())
     tg.fail_next("sendMessage", status=429, retry_after=1)  # a flood error's log lines too
@@ -243,7 +246,10 @@ async def test_discord_token_and_model_key_stay_out_of_logs_replies_and_database
     caplog: pytest.LogCaptureFixture,
     log_output: Callable[[Settings], io.StringIO],
 ) -> None:
-    settings = discord_settings(make_settings, dc, openai_api_key=OPENAI_KEY, log_level="DEBUG")
+    # "three" and "four" arrive together and must fail separately: no burst merging here.
+    settings = discord_settings(
+        make_settings, dc, openai_api_key=OPENAI_KEY, log_level="DEBUG", burst_window_s=0
+    )
     output = log_output(settings)
     fake_openai.enqueue(*model_failures())
     async with running_discord(settings, dc, monkeypatch):
