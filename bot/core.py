@@ -13,9 +13,8 @@ from datetime import UTC, datetime
 from bot.access import Access
 from bot.budgets import Budgets
 from bot.bursts import Burst, Bursts
-from bot.commands import CommandContext, parse_command, run_command, system_prompt_of
+from bot.commands import CommandContext, parse_command, run_command
 from bot.config import Settings
-from bot.context import ContextPlan, build_context, context_budget
 from bot.conversation import chat_prefix, conversation_key, user_key
 from bot.errors import LimitExceeded, ModelError, ShuttingDown, UserError
 from bot.limits import RateLimits
@@ -23,8 +22,8 @@ from bot.messages import ChatKind, IncomingMessage, ReplySink
 from bot.metrics import Metrics
 from bot.model import Completion, GenerationParams, ModelClient, ModelStream, Turn, Usage
 from bot.ordering import ConversationQueue, Slot
+from bot.planner import ContextPlanner
 from bot.streaming import StreamWriter
-from bot.summary import Summarizer
 from bot.text import split_for_limit
 from bot.texts import Lang, duration, pick_language, render
 from bot.tokens import message_tokens
@@ -35,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 # Readiness probes answer within this, even when the store or backend hangs.
 READY_PROBE_TIMEOUT_S = 5.0
-# A summary takes at most 1/4 of the context budget, however large summary_max_tokens is.
-SUMMARY_BUDGET_DIVISOR = 4
 # A quoted message from someone else is context, not the whole window.
 MAX_QUOTE_CHARS = 2_000
 # What the inbox keeps of a message: everything but the platform object.
@@ -95,7 +92,7 @@ class BotCore:
         self._budgets = Budgets(settings, store)
         self._limits = RateLimits(settings.user_messages_per_minute, settings.chat_messages_per_minute)
         self._bursts = Bursts(settings)
-        self._summarizer = Summarizer(settings, store, model)
+        self._planner = ContextPlanner(settings, store, model)
 
     async def start(self) -> None:
         """Load the admins' stored bans and limits; call once before submitting."""
@@ -347,8 +344,8 @@ class BotCore:
         await self._budgets.check(user_key(job.message), job.is_admin, job.lang)
         prompt = _prompt_of(job.message, named=self._settings.group_context == "shared")
         params = self.generation_params(conversation.model, job.overrides)
-        conversation = await self._fresh_if_idle(conversation)
-        turns, prompt_tokens, extra = await self._context(conversation, prompt, params)
+        conversation = await self._planner.fresh_if_idle(conversation)
+        turns, prompt_tokens, extra = await self._planner.turns(conversation, prompt, params)
         logger.debug("conversation %s prompt: %s", conversation.id, prompt)
         writer = StreamWriter(job.sink)
         started = writer.clock()
@@ -399,49 +396,6 @@ class BotCore:
         if usage is not None:
             self.metrics.tokens.labels("prompt").observe(usage.prompt_tokens)
             self.metrics.tokens.labels("completion").observe(usage.completion_tokens)
-
-    async def _fresh_if_idle(self, conversation: Conversation) -> Conversation:
-        """Start a fresh context when the conversation was idle longer than configured."""
-        minutes = self._settings.idle_reset_minutes
-        if minutes is None or conversation.next_seq == conversation.start_seq or not conversation.updated_at:
-            return conversation
-        idle = datetime.now(UTC) - datetime.fromisoformat(conversation.updated_at)
-        if idle.total_seconds() < minutes * 60:
-            return conversation
-        logger.info(
-            "conversation %s idle for %.0f min: starting fresh", conversation.id, idle.total_seconds() / 60
-        )
-        await self._store.reset(conversation.id)
-        return replace(conversation, start_seq=conversation.next_seq, summary=None, summary_seq=0)
-
-    async def _context(
-        self, conversation: Conversation, prompt: str, params: GenerationParams
-    ) -> tuple[list[Turn], int, Usage]:
-        """The turns to send and their tokens; overflowing turns are summarised if so configured."""
-        system = system_prompt_of(self._settings, conversation)
-        budget = context_budget(self._settings.window_for(params.model), params.max_tokens)
-        plan = await self._plan(conversation, system, prompt, budget)
-        if not plan.left_out or self._settings.context_overflow != "summarize":
-            return plan.turns, plan.tokens, Usage(0, 0)
-        # The summary may take at most a quarter of the budget, so recent turns keep room.
-        cap = min(self._settings.summary_max_tokens, budget // SUMMARY_BUDGET_DIVISOR)
-        room = budget - message_tokens(system) - message_tokens(prompt) - cap
-        if room <= 0:
-            return plan.turns, plan.tokens, Usage(0, 0)
-        conversation, cost = await self._summarizer.fold(conversation, room, params.model, cap)
-        plan = await self._plan(conversation, system, prompt, budget)
-        return plan.turns, plan.tokens, cost
-
-    async def _plan(self, conversation: Conversation, system: str, prompt: str, budget: int) -> ContextPlan:
-        """Build the context; if a long prompt leaves no room for the summary, go without it."""
-        try:
-            return await build_context(self._store, conversation, system, prompt, budget)
-        except UserError:
-            if conversation.live_summary is None:
-                raise
-            return await build_context(
-                self._store, replace(conversation, summary=None), system, prompt, budget
-            )
 
     async def _generate(
         self, turns: Sequence[Turn], params: GenerationParams, writer: StreamWriter
