@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
 import itertools
 import os
 import signal
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core_bench import USER_TEXT, Row
-from bench.fakes import ANSWER_CHUNKS, InstantModel, ScheduledModel
+from bench.fakes import ANSWER_CHUNKS, InstantModel, ScheduledModel, run_profiled
 from bot.model import Completion, GenerationParams, Turn, Usage
 from bot.streaming import TYPING_MARKER
 from tests.fakes.discord_server import DEFAULT_TOKEN, FakeDiscord
@@ -275,16 +274,7 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("--profile", help="write cProfile stats of the whole process here")
     args = parser.parse_args(argv)
     body = _serve_gptrelay if args.bot == "serve-bot" else _serve_floor
-    if not args.profile:
-        asyncio.run(body(args))
-        return
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        asyncio.run(body(args))
-    finally:
-        profiler.disable()
-        profiler.dump_stats(args.profile)
+    run_profiled(body(args), args.profile)
 
 
 # ---------------------------------------------------------------- the driver side

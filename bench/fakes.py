@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from bot.model import Completion, GenerationParams, Turn, Usage
 
@@ -145,3 +147,17 @@ class ScheduledModel:
         """Close the first-token log."""
         if self._log is not None:
             self._log.close()
+
+
+def run_profiled(main: Coroutine[Any, Any, None], profile: str | None) -> None:
+    """Run a bot subprocess's main coroutine, with cProfile stats written to `profile` if given."""
+    if not profile:
+        asyncio.run(main)
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(main)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)

@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
 import os
 import resource
-import signal
 import sqlite3
 import statistics
 import sys
@@ -42,7 +40,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.core_bench import Row
-from bench.fakes import PacedStream
+from bench.fakes import PacedStream, run_profiled
 from bench.telegram_bench import BenchTelegram
 from bot.config import Settings
 from bot.model import Completion, GenerationParams, Turn, Usage
@@ -104,7 +102,7 @@ class EchoModel:
 async def _serve_bot(args: argparse.Namespace) -> None:
     """What `gptrelay run` does (bot.app.serve), with the bench model; limits from GPTRELAY_* in env."""
     from adapters import telegram_pacing
-    from bot.app import enabled_adapters, open_runtime, settle_heap
+    from bot.app import serve as serve_bot
     from bot.logsetup import setup_logging
 
     telegram = args.telegram_base_url is not None
@@ -125,21 +123,7 @@ async def _serve_bot(args: argparse.Namespace) -> None:
         _env_file=None,
     )  # type: ignore[call-arg]
     setup_logging(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with open_runtime(settings, model=EchoModel()) as runtime:  # type: ignore[arg-type]
-        adapters = enabled_adapters(runtime)
-        for adapter in adapters:
-            await adapter.start()
-        settle_heap()  # as `gptrelay run` does once started
-        try:
-            await stop.wait()
-            await runtime.core.close(settings.shutdown_timeout_s)
-        finally:
-            for adapter in reversed(adapters):
-                await adapter.stop()
+    await serve_bot(settings, model=EchoModel())
 
 
 def serve(argv: list[str]) -> None:
@@ -151,16 +135,7 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("--log-level", default="INFO", help="gptrelay's log level (INFO: as `run`)")
     parser.add_argument("--profile", help="write cProfile stats of the whole process here")
     args = parser.parse_args(argv)
-    if not args.profile:
-        asyncio.run(_serve_bot(args))
-        return
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        asyncio.run(_serve_bot(args))
-    finally:
-        profiler.disable()
-        profiler.dump_stats(args.profile)
+    run_profiled(_serve_bot(args), args.profile)
 
 
 # ---------------------------------------------------------------- the driver side

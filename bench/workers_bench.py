@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import socket
 import statistics
 import sys
@@ -120,7 +119,7 @@ class InstantEchoModel:
 
 async def _serve_worker(args: argparse.Namespace) -> None:
     """What `gptrelay run` does (bot.app.serve) with the bench model; the store from GPTRELAY_* in env."""
-    from bot.app import enabled_adapters, open_runtime, settle_heap
+    from bot.app import serve
     from bot.logsetup import setup_logging
 
     settings = Settings(
@@ -131,21 +130,7 @@ async def _serve_worker(args: argparse.Namespace) -> None:
         _env_file=None,
     )  # type: ignore[call-arg]
     setup_logging(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with open_runtime(settings, model=InstantEchoModel()) as runtime:
-        adapters = enabled_adapters(runtime)
-        for adapter in adapters:
-            await adapter.start()
-        settle_heap()  # as `gptrelay run` does once started
-        try:
-            await stop.wait()
-            await runtime.core.close(settings.shutdown_timeout_s)
-        finally:
-            for adapter in reversed(adapters):
-                await adapter.stop()
+    await serve(settings, model=InstantEchoModel())
 
 
 def serve(argv: list[str]) -> None:

@@ -102,14 +102,16 @@ def enabled_adapters(runtime: Runtime) -> list[Adapter]:
     return adapters
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run every enabled adapter until SIGINT/SIGTERM (or `stop` is set)."""
+async def serve(
+    settings: Settings, stop: asyncio.Event | None = None, model: ModelClient | None = None
+) -> None:
+    """Run every enabled adapter until SIGINT/SIGTERM (or `stop` is set); `model` for benchmarks."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, model) as runtime:
         adapters = enabled_adapters(runtime)
         if not adapters:
             raise RuntimeError("no adapter is enabled: set GPTRELAY_HTTP_ENABLED=true or a bot token")
