@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from adapters.rate_window import RateWindow
 
 # Published limits are approximate: about 1 message/s per chat (short bursts tolerated),
-# 20 per minute per group, about 30/s overall; edits count. Stay a little under each.
+# 20 per minute per group, about 30 messages/s overall; edits count. Stay a little under each.
+# Drafts (sendMessageDraft) are ephemeral previews, not messages: they are spaced per chat like
+# any write, but left out of the bot-wide messages budget (see FloodGate.slot).
 PRIVATE_INTERVAL_S = 1.05
 # A private chat may take two writes back to back (a draft, then the final message of a short
 # answer) before the spacing applies; a group never bursts, or 20 per minute could be exceeded.
@@ -50,9 +52,20 @@ class FloodGate:
             pass
 
     @asynccontextmanager
-    async def slot(self, chat_id: int, group: bool, first: bool = False) -> AsyncIterator[None]:
-        """Hold a write's slot for the duration of the request (`first`: an answer's first text)."""
+    async def slot(
+        self, chat_id: int, group: bool, first: bool = False, draft: bool = False
+    ) -> AsyncIterator[None]:
+        """Hold a write's slot for the duration of the request.
+
+        `first`: an answer's first text, which may take the reserved global slots. `draft`: a
+        sendMessageDraft preview, spaced per chat only; Telegram's ~30/s bot-wide limit is on
+        messages, and counting 50 private chats' previews against it would hold each new answer
+        back by seconds.
+        """
         await self._chat_slot(chat_id, group)
+        if draft:
+            yield
+            return
         async with self._global.slot(reserve=0 if first else RESERVED_FOR_FIRST):
             yield
 

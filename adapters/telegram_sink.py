@@ -128,7 +128,8 @@ class TelegramSink:
         await self._call(
             lambda: self._bot.send_message_draft(
                 self._chat_id, self._draft_id, text, message_thread_id=self._thread_id, entities=entities
-            )
+            ),
+            draft=True,
         )
         self._visible.set()
 
@@ -181,13 +182,13 @@ class TelegramSink:
             logger.warning("Telegram rejected entities in chat %s; sending plain text", self._chat_id)
             return await self._call(lambda: write(plain(text)[0][0], ()))
 
-    async def _call(self, request: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, request: Callable[[], Awaitable[T]], draft: bool = False) -> T:
         """One paced write, retried on flood control and network errors within bounds."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             # An answer's first text gets the global slots kept for first messages.
             first = not self._visible.is_set()
             try:
-                async with self._gate.slot(self._chat_id, group=not self._private, first=first):
+                async with self._gate.slot(self._chat_id, group=not self._private, first=first, draft=draft):
                     return await request()
             except RetryAfter as exc:
                 wait = retry_seconds(exc)

@@ -14,9 +14,10 @@ logger = logging.getLogger(__name__)
 # Shown at the end of a message that is still being written.
 TYPING_MARKER = " ▌"
 # The first partial text waits this long after the first delta: an answer that completes
-# sooner goes out as one final message (one write instead of two), and the user still sees
-# text well within half a second of the model's first token.
-FIRST_RENDER_DELAY_S = 0.25
+# sooner goes out as one final message (one write instead of two). Short, because with many
+# answers starting at once the platform requests queue behind it, and the user should still
+# see text within half a second of the model's first token.
+FIRST_RENDER_DELAY_S = 0.125
 
 
 class StreamWriter:

@@ -58,7 +58,7 @@ KILL_DELAY_S = (0.05, 1.5)
 AIMED_KILL_SHARE = 0.4
 AIMED_KILL_DELAY_S = (0.0, 0.03)
 # Pause between one chunk of a streamed answer and the next; with 5 chunks an answer takes 0.05-0.4 s,
-# so some stream long enough to be shown as a preview first (after 0.25 s), some do not.
+# so some stream long enough to be shown as a preview first (after FIRST_RENDER_DELAY_S), some do not.
 CHUNK_DELAY_S = (0.01, 0.08)
 # Bounds on every wait.
 START_TIMEOUT_S = 30.0

@@ -588,6 +588,28 @@ async def test_flood_global_allows_30_per_second(clock: FakeClock) -> None:
         assert await send_or_retry_after(bot, BOB + 100, "31st") is None
 
 
+async def test_flood_drafts_count_per_chat_but_not_bot_wide(clock: FakeClock) -> None:
+    rules = FloodRules(per_group_per_min=None)
+    async with FakeTelegram(token=TOKEN, clock=clock, flood=rules) as fake, make_bot(fake) as bot:
+        for user in range(30):
+            assert await send_or_retry_after(bot, ALICE + user, "x") is None
+        # The bot-wide budget is spent on messages, yet other chats' previews still pass...
+        for user in range(30, 40):
+            await bot.send_message_draft(ALICE + user, 1, "preview")
+        assert await send_or_retry_after(bot, BOB + 100, "31st message") == 1
+        # ...while each draft still counts against its own chat.
+        for _ in range(2):
+            await bot.send_message_draft(ALICE + 30, 1, "more")
+        with pytest.raises(RetryAfter):
+            await bot.send_message_draft(ALICE + 30, 1, "4th write in the chat at once")
+        assert fake.flood_errors == 2
+    rules = FloodRules(per_chat_per_s=None, per_group_per_min=None, drafts_in_global=True)
+    async with FakeTelegram(token=TOKEN, clock=clock, flood=rules) as fake, make_bot(fake) as bot:
+        for user in range(30):
+            await bot.send_message_draft(ALICE + user, 1, "preview")
+        assert await send_or_retry_after(bot, BOB + 100, "31st write") == 1
+
+
 async def test_flood_none_disables_the_rules() -> None:
     async with FakeTelegram(token=TOKEN, flood=None) as fake, make_bot(fake) as bot:
         for i in range(40):

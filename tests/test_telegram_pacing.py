@@ -119,13 +119,14 @@ async def held_write(
     chat_id: int,
     *,
     first: bool = False,
+    draft: bool = False,
     request_s: float = 0.0,
     after_s: float = 0.0,
 ) -> Held:
     """Start after `after_s`, then one write whose request takes `request_s` inside its slot."""
     if after_s:
         await time.sleep(after_s)
-    async with gate.slot(chat_id, group=chat_id < 0, first=first):
+    async with gate.slot(chat_id, group=chat_id < 0, first=first, draft=draft):
         admitted = time.now
         if request_s:
             await time.sleep(request_s)
@@ -216,6 +217,20 @@ async def test_first_texts_get_the_reserved_slots_while_edits_saturate(
     # The edits never took a reserved slot, and used the rest of the budget.
     assert [w.admitted for w in held[:NON_FIRST_PER_S]] == [0.0] * NON_FIRST_PER_S
     assert held[NON_FIRST_PER_S].admitted == 1.0
+
+
+async def test_drafts_are_spaced_per_chat_but_take_no_global_slot(gate: FloodGate, time: VirtualTime) -> None:
+    # The bot-wide budget is busy with messages; 50 private chats' first previews go at once.
+    messages = [held_write(gate, time, ALICE + i, first=True, request_s=0.5) for i in range(GLOBAL_PER_S)]
+    drafts = [held_write(gate, time, BOB + i, first=True, draft=True, after_s=0.1) for i in range(50)]
+    late_message = held_write(gate, time, BOB + 100, first=True, after_s=0.1)
+    # A chat's drafts still keep to its spacing.
+    one_chat = [held_write(gate, time, ALICE + 500, draft=True) for _ in range(PRIVATE_BURST + 1)]
+    held = await time.run(*messages, *drafts, late_message, *one_chat)
+    assert [w.admitted for w in held[GLOBAL_PER_S : GLOBAL_PER_S + 50]] == [0.1] * 50
+    assert held[GLOBAL_PER_S + 50].admitted == pytest.approx(0.5 + GLOBAL_WINDOW_S)
+    spaced = [w.admitted for w in held[GLOBAL_PER_S + 51 :]]
+    assert spaced == pytest.approx([0.0] * PRIVATE_BURST + [PRIVATE_INTERVAL_S])
 
 
 @pytest.mark.parametrize("request_s", [0.3, 2.5])

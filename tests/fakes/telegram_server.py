@@ -51,7 +51,9 @@ split surrogate pair; real Telegram may silently trim such entities instead: her
 offset bugs show). Stored messages hold the parsed text and entities.
 
 Flood control (``FloodRules``, on by default, ``flood=None`` disables it) counts every applied write:
-sendMessage, editMessageText and, unless ``count_drafts=False``, sendMessageDraft. A write that would
+sendMessage, editMessageText and, unless ``count_drafts=False``, sendMessageDraft (against its chat's
+rule only, unless ``drafts_in_global=True``: a draft is an ephemeral preview, not a message, and the
+bot-wide limit Telegram publishes is on messages). A write that would
 break a rule is answered 429 with ``retry_after`` = whole seconds (>= 1) until it would be accepted, is
 not applied, is not counted, and adds 1 to ``flood_errors``. Requests refused for another reason are
 not counted either. The rules, all checked on the instance's ``clock``:
@@ -61,7 +63,8 @@ not counted either. The rules, all checked on the instance's ``clock``:
   second passes forever.
 * per group (chat id < 0), on top of the per-chat rule: at most ``per_group_per_min`` writes (20) in
   any 60 s sliding window.
-* global: at most ``global_per_s`` writes (30) in any 1 s sliding window, all chats together.
+* global: at most ``global_per_s`` writes (30) in any 1 s sliding window, all chats together
+  (drafts left out by default, above).
 
 Updates: ``push_update`` queues one (assigning an increasing ``update_id`` when it is missing or not
 above the last one) and wakes waiting getUpdates calls; getUpdates drops the updates below its
@@ -196,6 +199,7 @@ class FloodRules:
     per_group_per_min: int | None = 20
     global_per_s: int | None = 30
     count_drafts: bool = True
+    drafts_in_global: bool = False
 
 
 @dataclass(slots=True)
@@ -821,8 +825,11 @@ class FloodControl:
         self._groups: dict[int, deque[float]] = {}
         self._global: deque[float] = deque(maxlen=rules.global_per_s or 1)
 
-    def admit(self, chat_id: int | None) -> int | None:
-        """Count the write and return ``None``, or return the seconds to wait without counting it."""
+    def admit(self, chat_id: int | None, bot_wide: bool = True) -> int | None:
+        """Count the write and return ``None``, or return the seconds to wait without counting it.
+
+        ``bot_wide=False`` leaves the global rule out (a draft, by default).
+        """
         rules = self.rules
         now = self._clock()
         waits: list[float] = []
@@ -840,7 +847,8 @@ class FloodControl:
             if len(group) == rules.per_group_per_min and group[0] > now - GROUP_WINDOW_S:
                 waits.append(group[0] + GROUP_WINDOW_S - now)
         recent = self._global
-        if rules.global_per_s and len(recent) == rules.global_per_s and recent[0] > now - GLOBAL_WINDOW_S:
+        global_rule = bool(rules.global_per_s) and bot_wide
+        if global_rule and len(recent) == rules.global_per_s and recent[0] > now - GLOBAL_WINDOW_S:
             waits.append(recent[0] + GLOBAL_WINDOW_S - now)
         if waits:
             return max(1, math.ceil(max(waits)))
@@ -848,7 +856,7 @@ class FloodControl:
             self._buckets[chat_id] = (tokens - 1.0, now)
         if group is not None:
             group.append(now)
-        if rules.global_per_s:
+        if global_rule:
             recent.append(now)
         return None
 
@@ -1458,11 +1466,11 @@ class FakeTelegram(LocalServer):
             entities = checked_entities(params.get("entities"), text)
         return text, entities
 
-    def _admit(self, chat_id: int | None) -> None:
+    def _admit(self, chat_id: int | None, bot_wide: bool = True) -> None:
         """Count a write against the flood rules, or refuse it with 429."""
         if self._flood is None:
             return
-        wait = self._flood.admit(chat_id)
+        wait = self._flood.admit(chat_id, bot_wide)
         if wait is not None:
             self.flood_errors += 1
             raise ApiError.retry_after(wait)
@@ -1557,7 +1565,7 @@ class FakeTelegram(LocalServer):
         if utf16_len(text) > TELEGRAM_MAX_TEXT:
             raise ApiError(400, TEXT_TOO_LONG)
         if self.flood is not None and self.flood.count_drafts:
-            self._admit(state.chat["id"])
+            self._admit(state.chat["id"], bot_wide=self.flood.drafts_in_global)
         draft: dict[str, Any] = {"draft_id": draft_id, "text": text, "entities": entities}
         thread_id = _int_param(params, "message_thread_id", required=False)
         if thread_id:
