@@ -511,7 +511,9 @@ async def test_real_pacing_earns_no_flood_error(
         ):
             times = [c.at for c in writes]
             for i, j in itertools.combinations(range(len(times)), 2):
-                assert times[j] - times[i] >= (j - i - (burst - 1)) * interval - 0.02, times
+                # Arrival times: a first request on a new connection may land up to ~50 ms late
+                # (seen once in CI at 22 ms), which still keeps a group above Telegram's 3 s.
+                assert times[j] - times[i] >= (j - i - (burst - 1)) * interval - 0.05, times
         assert all(c.status == 200 for c in tg.calls)
 
 
