@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import openai
 
@@ -23,9 +23,8 @@ PLACEHOLDER_API_KEY = "not-needed"
 COMPLETION_STOP = "\nUser:"
 
 
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """One chat message sent to the model."""
+class Turn(NamedTuple):
+    """One chat message sent to the model (a tuple: a long context builds many per answer)."""
 
     role: str
     content: str

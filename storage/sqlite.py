@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from storage.base import (
     UsageTotals,
     UserPolicy,
 )
+from storage.history_cache import HistoryCache
 from storage.migrations import MIGRATIONS
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class SqliteStore:
         self._flusher: asyncio.Task[None] | None = None
         self._pending_inbox: list[tuple[_InboxRow, asyncio.Future[int | None]]] = []
         self._inbox_flusher: asyncio.Task[None] | None = None
+        # One process per SQLite file (conversation_turn): every turn is written here, seen by the cache.
+        self._tails = HistoryCache()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -191,13 +195,18 @@ class SqliteStore:
         self, conversation_id: int, start_seq: int, before_seq: int, limit: int
     ) -> list[StoredMessage]:
         """Usable turns with start_seq <= seq < before_seq, newest first."""
+        cached = self._tails.get(conversation_id, start_seq, before_seq, limit)
+        if cached is not None:
+            return cached
         rows = await self._db.execute_fetchall(
             "SELECT seq, role, content, tokens FROM messages "
             "WHERE conversation_id = ? AND seq >= ? AND seq < ? AND status = 'ok' "
             "ORDER BY seq DESC LIMIT ?",
             (conversation_id, start_seq, before_seq, limit),
         )
-        return [StoredMessage(*row) for row in rows]
+        messages = [StoredMessage(*row) for row in rows]
+        self._tails.fill(conversation_id, start_seq, before_seq, limit, messages)
+        return messages
 
     async def record_turn(self, turn: TurnRecord) -> None:
         """Append a turn's messages, count its usage and close its inbox entry, atomically.
@@ -256,6 +265,7 @@ class SqliteStore:
     async def _write_turns(self, turns: list[TurnRecord]) -> None:
         """Write turns in one transaction; seqs follow each conversation's last message."""
         now = _now()
+        conversation_ids = {t.conversation_id for t in turns}
         async with self._transaction() as db:
             await db.executemany(
                 "INSERT INTO messages (conversation_id, seq, role, content, tokens, status, created_at) "
@@ -270,7 +280,12 @@ class SqliteStore:
             await db.executemany(
                 "UPDATE conversations SET updated_at = ?2, next_seq = "
                 "(SELECT COALESCE(MAX(seq), -1) + 1 FROM messages WHERE conversation_id = ?1) WHERE id = ?1",
-                [(conversation_id, now) for conversation_id in {t.conversation_id for t in turns}],
+                [(conversation_id, now) for conversation_id in conversation_ids],
+            )
+            # Inside the transaction, so these turns hold the top seqs of each next_seq read here.
+            next_seqs = await db.execute_fetchall(
+                "SELECT id, next_seq FROM conversations WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(conversation_ids)),),
             )
             await db.executemany(
                 "INSERT INTO usage (user_key, day, prompt_tokens, completion_tokens, requests) "
@@ -290,6 +305,7 @@ class SqliteStore:
                 "UPDATE inbox SET status = ?, finished_at = ? WHERE id = ?",
                 [(t.inbox_status, now, inbox_id) for t in turns for inbox_id in t.inbox_ids],
             )
+        self._tails.append(turns, {int(row[0]): int(row[1]) for row in next_seqs})
 
     async def usage(self, user_key: str, since_day: str) -> UsageTotals:
         """A user's usage from since_day (YYYY-MM-DD) on."""
