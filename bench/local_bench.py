@@ -137,12 +137,19 @@ async def measure() -> tuple[list[Sample], list[Sample]]:
             async with aiohttp.ClientSession() as session:
                 _direct(llama, PROMPTS[0])
                 await _through_gptrelay(session, url, PROMPTS[0])
-                for _ in range(ROUNDS):
-                    for prompt in PROMPTS:
+                for round_ in range(ROUNDS):
+                    for n, prompt in enumerate(PROMPTS):
+                        # Each goes first in half the pairs: the second of a pair finds the prompt's
+                        # pages warm in the OS and CPU caches, which would favour one side.
+                        relayed_first = (round_ + n) % 2 == 1
+                        if relayed_first:
+                            relayed.append(await _through_gptrelay(session, url, prompt))
+                            await asyncio.sleep(SETTLE_S)
                         direct.append(_direct(llama, prompt))
                         await asyncio.sleep(SETTLE_S)
-                        relayed.append(await _through_gptrelay(session, url, prompt))
-                        await asyncio.sleep(SETTLE_S)
+                        if not relayed_first:
+                            relayed.append(await _through_gptrelay(session, url, prompt))
+                            await asyncio.sleep(SETTLE_S)
         finally:
             process.terminate()
             await process.wait()
