@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from storage.base import STATUS_OK, NewMessage, StoredMessage, TurnRecord
 
@@ -21,8 +21,8 @@ class _Tail:
 
     lo: int
     hi: int
-    messages: list[StoredMessage] = field(default_factory=list)
-    chars: int = 0
+    messages: list[StoredMessage]
+    chars: int
 
 
 class HistoryCache:
@@ -92,15 +92,15 @@ class HistoryCache:
                 tail.hi += 1
             self._put(conversation_id, tail)
 
-    def forget(self, conversation_id: int) -> None:
-        """Drop a conversation's tail (its turns were written outside the cache's view)."""
+    def _drop(self, conversation_id: int) -> None:
+        """Remove a conversation's tail, if any, from the cache and its character count."""
         tail = self._tails.pop(conversation_id, None)
         if tail is not None:
             self._chars -= tail.chars
 
     def _put(self, conversation_id: int, tail: _Tail) -> None:
         """Store a tail trimmed to the per-conversation cap, then evict to the global cap."""
-        self.forget(conversation_id)
+        self._drop(conversation_id)
         if len(tail.messages) > self._max_messages:
             tail.messages = tail.messages[-self._max_messages :]
             tail.lo = tail.messages[0].seq

@@ -265,7 +265,6 @@ class SqliteStore:
     async def _write_turns(self, turns: list[TurnRecord]) -> None:
         """Write turns in one transaction; seqs follow each conversation's last message."""
         now = _now()
-        conversation_ids = {t.conversation_id for t in turns}
         async with self._transaction() as db:
             await db.executemany(
                 "INSERT INTO messages (conversation_id, seq, role, content, tokens, status, created_at) "
@@ -277,15 +276,12 @@ class SqliteStore:
                     for m in t.messages
                 ],
             )
-            await db.executemany(
-                "UPDATE conversations SET updated_at = ?2, next_seq = "
-                "(SELECT COALESCE(MAX(seq), -1) + 1 FROM messages WHERE conversation_id = ?1) WHERE id = ?1",
-                [(conversation_id, now) for conversation_id in conversation_ids],
-            )
-            # Inside the transaction, so these turns hold the top seqs of each next_seq read here.
+            # RETURNING inside the transaction: these turns hold the top seqs below each next_seq.
             next_seqs = await db.execute_fetchall(
-                "SELECT id, next_seq FROM conversations WHERE id IN (SELECT value FROM json_each(?))",
-                (json.dumps(sorted(conversation_ids)),),
+                "UPDATE conversations SET updated_at = ?, next_seq = (SELECT COALESCE(MAX(seq), -1) + 1 "
+                "FROM messages WHERE conversation_id = conversations.id) "
+                "WHERE id IN (SELECT value FROM json_each(?)) RETURNING id, next_seq",
+                (now, json.dumps(sorted({t.conversation_id for t in turns}))),
             )
             await db.executemany(
                 "INSERT INTO usage (user_key, day, prompt_tokens, completion_tokens, requests) "
