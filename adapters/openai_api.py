@@ -74,8 +74,10 @@ class _OpenAIRoutes:
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
             await response.prepare(request)
-            await _send(response, chunk({"role": "assistant", "content": ""}))
-            await _send(response, chunk({"content": first}))
+            # One write for both: the caller's first token should not wait for a second send.
+            await response.write(
+                _event(chunk({"role": "assistant", "content": ""})) + _event(chunk({"content": first}))
+            )
             try:
                 async for delta in deltas:
                     await _send(response, chunk({"content": delta}))
@@ -116,9 +118,14 @@ class _ChunkMaker:
         return {**self._base, "choices": [], "usage": _usage(prompt, completion)}
 
 
+def _event(event: dict[str, Any]) -> bytes:
+    """One SSE event."""
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
 async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:
     """Write one SSE event."""
-    await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+    await response.write(_event(event))
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -66,11 +66,13 @@ def _direct(llama: object, prompt: str) -> Sample:
 
 
 async def _through_gptrelay(session: aiohttp.ClientSession, url: str, prompt: str) -> Sample:
-    """Stream one answer from gptrelay's OpenAI-compatible API (SSE), counting content chunks."""
+    """Stream one answer from gptrelay's OpenAI-compatible API (SSE); tokens from the usage chunk."""
     body = {
         "model": BUNDLED_MODEL_NAME,
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
         "stream": True,
+        # gptrelay batches the tokens that follow the first: count them from the usage.
+        "stream_options": {"include_usage": True},
         "max_tokens": MAX_TOKENS,
         "temperature": 0.0,
     }
@@ -80,10 +82,12 @@ async def _through_gptrelay(session: aiohttp.ClientSession, url: str, prompt: st
         async for line in response.content:
             if not line.startswith(b"data: {"):
                 continue
-            choices = json.loads(line[6:])["choices"]
+            event = json.loads(line[6:])
+            choices = event["choices"]
             if choices and choices[0]["delta"].get("content"):
                 first = first or time.perf_counter()
-                tokens += 1
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
     return _sample(started, first, tokens)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from bot.config import Settings
 from bot.errors import ErrorKind, ModelError
+from bot.handoff import Handoff
 from bot.model import Completion, GenerationParams, Turn, Usage
 from bot.tokens import message_tokens
 
@@ -112,45 +113,50 @@ class _LocalStream:
         self.usage: Usage | None = None
 
     async def __aiter__(self) -> AsyncIterator[str]:
-        """Yield deltas; raise ModelError on failure or an empty answer."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        """Yield deltas (the first at once, later ones in batches); raise ModelError on failure."""
+        handoff = Handoff(asyncio.get_running_loop())
         stop = threading.Event()
 
         def produce() -> None:
-            put = loop.call_soon_threadsafe
             try:
                 for chunk in self._model._chunks(self._turns, self._params):
                     if stop.is_set():  # the reader went away: free the worker at once
                         break
                     delta = chunk["choices"][0]["delta"].get("content")
                     if delta:
-                        put(queue.put_nowait, ("delta", delta))
-                put(queue.put_nowait, ("end", None))
+                        handoff.put(delta)
+                        if handoff.count == 1:
+                            handoff.wait_first_passed_on()
             except Exception as exc:
-                put(queue.put_nowait, ("error", exc))
+                handoff.finish(exc)
+            else:
+                handoff.finish()
 
         worker = self._model.run_in_worker(produce)
         text: list[str] = []
         try:
+            batch = await handoff.take(linger=False)
             while True:
-                kind, value = await queue.get()
-                if kind == "delta":
-                    text.append(value)
-                    yield value
-                elif kind == "error":
-                    raise _translate(value)
-                else:
+                if batch.deltas:
+                    delta = "".join(batch.deltas)
+                    text.append(delta)
+                    yield delta
+                    handoff.first_passed_on()
+                if batch.error is not None:
+                    raise _translate(batch.error)
+                if batch.done:
                     break
+                batch = await handoff.take(linger=True)
         finally:
             stop.set()
+            handoff.first_passed_on()  # a reader that went away must not hold the worker
         await worker
         answer = "".join(text)
         if not answer.strip():
             raise ModelError(ErrorKind.EMPTY, "local model produced no text")
         prompt = sum(message_tokens(t.content) for t in self._turns)
         # llama.cpp streams one token per chunk, so the completion count is exact.
-        self.usage = Usage(prompt, len(text), estimated=True)
+        self.usage = Usage(prompt, handoff.count, estimated=True)
 
 
 def _translate(exc: BaseException) -> ModelError:

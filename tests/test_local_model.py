@@ -85,7 +85,8 @@ async def test_stream_yields_text_and_counts_tokens(model: LocalModel) -> None:
 
     assert "".join(deltas).strip()
     assert stream.usage is not None
-    assert stream.usage.completion_tokens == len(deltas) <= SHORT
+    # The first token comes alone and at once; the ones after it in batches (bot.handoff).
+    assert 1 < len(deltas) < stream.usage.completion_tokens == SHORT
     assert stream.usage.prompt_tokens > 0
 
 
