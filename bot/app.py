@@ -121,7 +121,11 @@ async def serve(
                 await _start(adapter)
                 started.append(adapter)
             settle_heap()
-            logger.info("gptrelay running: %s", ", ".join(a.name for a in started))
+            logger.info(
+                "gptrelay running: %s (event loop: %s)",
+                ", ".join(a.name for a in started),
+                type(loop).__module__.partition(".")[0],
+            )
             await stop.wait()
             logger.info(
                 "shutting down: finishing answers in flight (up to %.0f s)", settings.shutdown_timeout_s

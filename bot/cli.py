@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from adapters.console import chat_loop
 from bot.app import StartupError, open_runtime, serve
 from bot.config import ConfigError, Settings, describe, load_settings, require_usable
 from bot.logsetup import REDACTED, secrets_of, setup_logging
+from bot.loop import loop_name, run
 
 EXIT_CONFIG = 2
 
@@ -40,6 +40,7 @@ def _check(settings: Settings) -> int:
     adapters = [name for name, on in wanted if on]
     print(f"{'adapters':24} {', '.join(adapters) or 'none'}")
     print(f"{'answering model':24} {settings.model_summary()}")
+    print(f"{'event loop':24} {loop_name(settings.event_loop)}")
     for problem in problems:
         print(f"problem: {problem}")
     return EXIT_CONFIG if problems else 0
@@ -67,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.model_copy(update={"log_level": "WARNING"})
     setup_logging(settings)
     try:
-        if args.command == "run":
-            asyncio.run(serve(settings))
-        else:
-            asyncio.run(_chat(settings, args.user))
+        main_coroutine = serve(settings) if args.command == "run" else _chat(settings, args.user)
+        run(main_coroutine, settings.event_loop)
     except KeyboardInterrupt:
         pass
     except (OSError, StartupError) as exc:  # a port in use, a data directory, a platform login

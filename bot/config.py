@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from bot.gguf import bundled_model_path, llama_available, model_name_for
+from bot.loop import uvloop_available
 from bot.texts import Lang
 from storage.url import DatabaseUrl
 
@@ -173,6 +174,8 @@ class Settings(BaseSettings):
     discord_admin_role_ids: list[int] = Field(default_factory=list)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # uvloop where installed (`auto`); `asyncio` for the standard library's loop.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @classmethod
     def settings_customise_sources(
@@ -273,6 +276,8 @@ class Settings(BaseSettings):
                     "GPTRELAY_TELEGRAM_MODE=webhook needs GPTRELAY_TELEGRAM_WEBHOOK_SECRET "
                     "(1-256 characters A-Z, a-z, 0-9, _ and -), checked on every request"
                 )
+        if self.event_loop == "uvloop" and not uvloop_available():
+            found.append("GPTRELAY_EVENT_LOOP=uvloop, but uvloop is not installed: install it, or use auto")
         count = self.discord_shard_count or 0
         if self.discord_shard_ids and not all(0 <= i < count for i in self.discord_shard_ids):
             found.append(

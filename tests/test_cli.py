@@ -82,6 +82,21 @@ def test_check_masks_the_key_and_lists_adapters(
     assert "problem" not in out
 
 
+@pytest.mark.parametrize(
+    ("choice", "shown"), [(None, "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")]
+)
+def test_check_names_the_event_loop(
+    choice: str | None, shown: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """uvloop by default where installed (make installs it); GPTRELAY_EVENT_LOOP=asyncio opts out."""
+    monkeypatch.setenv("OPENAI_BASE_URL", UNUSED_BASE_URL)
+    if choice is not None:
+        monkeypatch.setenv("GPTRELAY_EVENT_LOOP", choice)
+    code, out, err = run_main(["check"], capsys)
+    assert code == 0, out + err
+    assert shown_settings(out)["event loop"] == shown
+
+
 def test_check_without_a_usable_model_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -324,6 +339,7 @@ async def test_sigterm_finishes_the_answer_in_flight(fake_openai: FakeOpenAI, tm
         assert code == 0, stderr
         assert loop.time() - signalled < EXIT_BOUND_S
         assert "Traceback" not in stderr
+        assert "(event loop: uvloop)" in stderr  # the default where uvloop is installed
 
     assert chat_requests(fake_openai) == 1  # the late prompt never reached the model
     db_path = tmp_path / "data" / "gptrelay.sqlite3"
