@@ -272,9 +272,12 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("--first-tokens", help="file to append '<tag> <monotonic time>' per first token")
     parser.add_argument("--log-level", default="INFO", help="gptrelay's log level (INFO: as `run`)")
     parser.add_argument("--profile", help="write cProfile stats of the whole process here")
+    parser.add_argument("--event-loop", default="auto", help="GPTRELAY_EVENT_LOOP (auto: as `run`)")
     args = parser.parse_args(argv)
-    body = _serve_gptrelay if args.bot == "serve-bot" else _serve_floor
-    run_profiled(body(args), args.profile)
+    if args.bot == "serve-bot":
+        run_profiled(_serve_gptrelay(args), args.profile, args.event_loop)
+    else:
+        run_profiled(_serve_floor(args), args.profile)
 
 
 # ---------------------------------------------------------------- the driver side

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from bot.loop import LoopChoice, run
 from bot.model import Completion, GenerationParams, Turn, Usage
 
 ANSWER_CHUNKS = ("Sure", ", here is", " a short", " answer.")
@@ -149,15 +150,19 @@ class ScheduledModel:
             self._log.close()
 
 
-def run_profiled(main: Coroutine[Any, Any, None], profile: str | None) -> None:
-    """Run a bot subprocess's main coroutine, with cProfile stats written to `profile` if given."""
+def run_profiled(main: Coroutine[Any, Any, None], profile: str | None, loop: LoopChoice = "asyncio") -> None:
+    """Run a bot subprocess's main coroutine on `loop`, with cProfile stats written to `profile` if given.
+
+    gptrelay's side runs on the loop `gptrelay run` picks ("auto"); the floors on asyncio's own, as a
+    bare python-telegram-bot or discord.py bot does.
+    """
     if not profile:
-        asyncio.run(main)
+        run(main, loop)
         return
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        asyncio.run(main)
+        run(main, loop)
     finally:
         profiler.disable()
         profiler.dump_stats(profile)

@@ -135,7 +135,7 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("--log-level", default="INFO", help="gptrelay's log level (INFO: as `run`)")
     parser.add_argument("--profile", help="write cProfile stats of the whole process here")
     args = parser.parse_args(argv)
-    run_profiled(_serve_bot(args), args.profile)
+    run_profiled(_serve_bot(args), args.profile, "auto")  # as `gptrelay run`
 
 
 # ---------------------------------------------------------------- the driver side
