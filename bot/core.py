@@ -389,13 +389,13 @@ class BotCore:
         """Model latency (first token, whole answer) and token counts."""
         done = writer.clock()
         first = writer.first_delta_at
-        latency = self.metrics.model_latency
+        metrics = self.metrics
         if first is not None:
-            latency.labels("first_token").observe(first - started)
-        latency.labels("total").observe(done - started)
+            metrics.first_token_latency.observe(first - started)
+        metrics.total_latency.observe(done - started)
         if usage is not None:
-            self.metrics.tokens.labels("prompt").observe(usage.prompt_tokens)
-            self.metrics.tokens.labels("completion").observe(usage.completion_tokens)
+            metrics.prompt_tokens.observe(usage.prompt_tokens)
+            metrics.completion_tokens.observe(usage.completion_tokens)
 
     async def _generate(
         self, turns: Sequence[Turn], params: GenerationParams, writer: StreamWriter

@@ -40,6 +40,11 @@ class Metrics:
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
+        # Every answer observes these four: their children are looked up once, not per answer.
+        self.first_token_latency = self.model_latency.labels("first_token")
+        self.total_latency = self.model_latency.labels("total")
+        self.prompt_tokens = self.tokens.labels("prompt")
+        self.completion_tokens = self.tokens.labels("completion")
         self.errors = Counter("gptrelay_errors", "Failures by kind", ["kind"], registry=r)
         self.queue_depth = Gauge(
             "gptrelay_queue_depth", "Messages accepted and waiting for their turn", registry=r

@@ -22,6 +22,7 @@ from storage.base import (
     UsageTotals,
     UserPolicy,
 )
+from storage.batching import Batcher
 from storage.history_cache import HistoryCache
 from storage.migrations import MIGRATIONS
 
@@ -31,6 +32,10 @@ BUSY_TIMEOUT_MS = 5_000
 # Inbox rows per multi-row insert: 6 parameters each, well under SQLite's 32,766.
 INBOX_BATCH = 1_000
 INBOX_PENDING = "pending"
+# Turns per group commit: a bound on one transaction's size under a flood.
+TURN_BATCH = 1_000
+# Conversation keys per grouped read; each is one element of a JSON array parameter.
+READ_BATCH = 1_000
 
 _CONVERSATION_COLUMNS = (
     "id, key, start_seq, next_seq, system_prompt, model, persona, summary, summary_seq, updated_at"
@@ -54,10 +59,9 @@ class SqliteStore:
         # One connection is shared by every coroutine: a write must never land inside
         # another coroutine's open transaction (its ROLLBACK would undo it).
         self._write_lock = asyncio.Lock()
-        self._pending_turns: list[tuple[TurnRecord, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._pending_inbox: list[tuple[_InboxRow, asyncio.Future[int | None]]] = []
-        self._inbox_flusher: asyncio.Task[None] | None = None
+        self._turns: Batcher[TurnRecord, None] = Batcher(self._write_turns, TURN_BATCH)
+        self._inbox: Batcher[_InboxRow, int | None] = Batcher(self._insert_inbox, INBOX_BATCH)
+        self._reads: Batcher[str, Conversation] = Batcher(self._read_conversations, READ_BATCH)
         # One process per SQLite file (conversation_turn): every turn is written here, seen by the cache.
         self._tails = HistoryCache()
 
@@ -130,20 +134,28 @@ class SqliteStore:
         return [row[0] for row in rows]
 
     async def conversation(self, key: str) -> Conversation:
-        """Fetch a conversation by key, creating it on first use."""
-        found = list(
-            await self._db.execute_fetchall(
-                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE key = ?", (key,)
-            )
+        """Fetch a conversation by key, creating it on first use (reads arriving together share a query)."""
+        return await self._reads.submit(key)
+
+    async def _read_conversations(self, keys: list[str]) -> list[Conversation]:
+        """One query for every key; the missing ones created in one statement."""
+        wanted = json.dumps(sorted(set(keys)))
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
+            "WHERE key IN (SELECT value FROM json_each(?))",
+            (wanted,),
         )
-        if not found:
+        found = {str(row[1]): Conversation(*row) for row in rows}
+        if missing := sorted(set(keys) - found.keys()):
             now = _now()
-            found = await self._write(
-                "INSERT INTO conversations (key, created_at, updated_at) VALUES (?, ?, ?) "
+            created = await self._write(
+                "INSERT INTO conversations (key, created_at, updated_at) "
+                f"VALUES {', '.join('(?, ?, ?)' for _ in missing)} "
                 f"ON CONFLICT (key) DO UPDATE SET key = excluded.key RETURNING {_CONVERSATION_COLUMNS}",
-                (key, now, now),
+                tuple(p for key in missing for p in (key, now, now)),
             )
-        return Conversation(*found[0])
+            found |= {str(row[1]): Conversation(*row) for row in created}
+        return [found[key] for key in keys]
 
     async def set_system_prompt(self, conversation_id: int, text: str | None) -> None:
         """Set (or clear with None) a conversation's system prompt."""
@@ -215,55 +227,21 @@ class SqliteStore:
         (group commit): each aiosqlite call is a thread hop, so this keeps the hops per
         message low under load without delaying a lone turn.
         """
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending_turns.append((turn, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_turns())
-        await done
+        await self._turns.submit(turn)
 
-    async def _flush_turns(self) -> None:
-        """Commit pending turns in batches until none are left."""
-        batch: list[tuple[TurnRecord, asyncio.Future[None]]] = []
-        try:
-            while self._pending_turns:
-                batch, self._pending_turns = self._pending_turns, []
-                try:
-                    await self._write_turns([turn for turn, _ in batch])
-                except Exception:
-                    # One bad turn must not fail the others: retry each on its own.
-                    for turn, done in batch:
-                        await self._write_one(turn, done)
-                    continue
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
-        except BaseException:
-            # Cancelled mid-commit (loop shutdown): nobody may be left waiting forever.
-            for _, done in [*batch, *self._pending_turns]:
-                if not done.done():
-                    done.cancel()
-            self._pending_turns = []
-            raise
-
-    async def _write_one(self, turn: TurnRecord, done: asyncio.Future[None]) -> None:
-        """Write a single turn, handing success or failure to its waiter."""
-        try:
-            await self._write_turns([turn])
-        except sqlite3.IntegrityError as exc:
-            error: Exception = exc
-            if "FOREIGN KEY" in str(exc):
-                error = LookupError(f"no conversation with id {turn.conversation_id}")
-            if not done.done():
-                done.set_exception(error)
-        except Exception as exc:
-            if not done.done():
-                done.set_exception(exc)
-        else:
-            if not done.done():
-                done.set_result(None)
-
-    async def _write_turns(self, turns: list[TurnRecord]) -> None:
+    async def _write_turns(self, turns: list[TurnRecord]) -> list[None]:
         """Write turns in one transaction; seqs follow each conversation's last message."""
+        try:
+            next_seqs = await self._insert_turns(turns)
+        except sqlite3.IntegrityError as exc:
+            if len(turns) == 1 and "FOREIGN KEY" in str(exc):
+                raise LookupError(f"no conversation with id {turns[0].conversation_id}") from exc
+            raise
+        self._tails.append(turns, next_seqs)
+        return [None] * len(turns)
+
+    async def _insert_turns(self, turns: list[TurnRecord]) -> dict[int, int]:
+        """The turns' statements in one transaction; each conversation's next_seq after them."""
         now = _now()
         async with self._transaction() as db:
             await db.executemany(
@@ -301,7 +279,7 @@ class SqliteStore:
                 "UPDATE inbox SET status = ?, finished_at = ? WHERE id = ?",
                 [(t.inbox_status, now, inbox_id) for t in turns for inbox_id in t.inbox_ids],
             )
-        self._tails.append(turns, {int(row[0]): int(row[1]) for row in next_seqs})
+        return {int(row[0]): int(row[1]) for row in next_seqs}
 
     async def usage(self, user_key: str, since_day: str) -> UsageTotals:
         """A user's usage from since_day (YYYY-MM-DD) on."""
@@ -346,36 +324,7 @@ class SqliteStore:
         Messages arriving while an insert is under way are inserted together in the next one
         (group commit, as for turns): a burst of messages then costs a few commits, not one each.
         """
-        done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._pending_inbox.append(((platform, chat_id, message_id, payload, conversation_key), done))
-        if self._inbox_flusher is None or self._inbox_flusher.done():
-            self._inbox_flusher = asyncio.create_task(self._flush_inbox())
-        return await done
-
-    async def _flush_inbox(self) -> None:
-        """Insert pending inbox rows in batches until none are left; each caller gets its id."""
-        batch: list[tuple[_InboxRow, asyncio.Future[int | None]]] = []
-        try:
-            while self._pending_inbox:
-                batch = self._pending_inbox[:INBOX_BATCH]
-                del self._pending_inbox[:INBOX_BATCH]
-                try:
-                    ids = await self._insert_inbox([row for row, _ in batch])
-                except Exception as exc:
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                    continue
-                for inbox_id, (_, done) in zip(ids, batch, strict=True):
-                    if not done.done():
-                        done.set_result(inbox_id)
-        except BaseException:
-            # Cancelled mid-insert (loop shutdown): nobody may be left waiting forever.
-            for _, done in [*batch, *self._pending_inbox]:
-                if not done.done():
-                    done.cancel()
-            self._pending_inbox = []
-            raise
+        return await self._inbox.submit((platform, chat_id, message_id, payload, conversation_key))
 
     async def _insert_inbox(self, rows: list[_InboxRow]) -> list[int | None]:
         """One multi-row insert; a row already received (or twice in the batch) gets None."""
@@ -417,8 +366,7 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Flush pending turns and release the database."""
-        if self._inbox_flusher is not None:
-            await self._inbox_flusher
-        if self._flusher is not None:
-            await self._flusher
+        await self._reads.drain()
+        await self._inbox.drain()
+        await self._turns.drain()
         await self._db.close()

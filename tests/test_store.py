@@ -10,7 +10,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -223,6 +223,22 @@ async def test_conversation_created_concurrently_is_one_row(store: Store, backen
     found = await asyncio.gather(*(store.conversation("same") for _ in range(20)))
     assert len({c.id for c in found}) == 1
     assert await backend.raw("SELECT COUNT(*) FROM conversations WHERE key = 'same'", ()) == [(1,)]
+
+
+async def test_reads_arriving_together_each_get_their_own_conversation(
+    store: Store, backend: Backend
+) -> None:
+    existing = await store.conversation("old")
+    await store.set_model(existing.id, "gpt-4o")
+    keys = ["new:1", "old", "new:2", "new:1", "old"]
+
+    found = await asyncio.gather(*(store.conversation(key) for key in keys))
+
+    assert [c.key for c in found] == keys
+    assert found[1] == found[4] == replace(existing, model="gpt-4o", updated_at=found[1].updated_at)
+    assert found[0] == found[3]
+    assert len({found[0].id, found[1].id, found[2].id}) == 3
+    assert await backend.raw("SELECT COUNT(*) FROM conversations", ()) == [(3,)]
 
 
 async def test_system_prompt_and_model_set_and_clear(store: Store) -> None:
