@@ -17,6 +17,7 @@ from bot.messages import ChatKind, IncomingMessage
 from bot.model import GenerationParams, Turn
 from tests.conftest import HarnessFactory
 from tests.fakes.sink import RecordingSink
+from tests.helpers import running_relay
 
 # CI installs both (make test); a missing one is a broken set-up, not a reason to skip.
 if not llama_available() or bundled_model_path() is None:
@@ -162,3 +163,27 @@ async def test_long_history_is_trimmed_to_the_window(tmp_path: Path, make_core: 
         assert future is not None
         reply = await future
         assert reply.error is None, reply.text
+
+
+async def test_official_client_streams_the_embedded_model(tmp_path: Path) -> None:
+    """/v1 with the openai package: the first token alone, the rest batched, every token counted."""
+    settings = local_settings(tmp_path, http_port=0, max_tokens=48)
+    async with running_relay(settings) as relay:
+        client = relay.openai_client()
+        stream = await client.chat.completions.create(
+            model=BUNDLED_MODEL_NAME,
+            messages=[{"role": "user", "content": "Name three colours."}],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=48,
+            temperature=0.0,
+        )
+        chunks = [chunk async for chunk in stream]
+
+    contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert 1 < len(contents) < usage.completion_tokens <= 48
+    # The first content chunk is one token: a few characters, not a batch.
+    assert len(contents[0]) <= 12
+    assert chunks[-2].choices[0].finish_reason == "stop"
