@@ -168,8 +168,7 @@ async def test_long_history_is_trimmed_to_the_window(tmp_path: Path, make_core: 
 async def test_official_client_streams_the_embedded_model(tmp_path: Path) -> None:
     """/v1 with the openai package: the first token alone, the rest batched, every token counted."""
     settings = local_settings(tmp_path, http_port=0, max_tokens=48)
-    async with running_relay(settings) as relay:
-        client = relay.openai_client()
+    async with running_relay(settings) as relay, relay.openai_client() as client:
         stream = await client.chat.completions.create(
             model=BUNDLED_MODEL_NAME,
             messages=[{"role": "user", "content": "Name three colours."}],
