@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import cProfile
 import re
@@ -9,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from bot.loop import LoopChoice, run
 from bot.model import Completion, GenerationParams, Turn, Usage
@@ -166,3 +167,22 @@ def run_profiled(main: Coroutine[Any, Any, None], profile: str | None, loop: Loo
     finally:
         profiler.disable()
         profiler.dump_stats(profile)
+
+
+def add_event_loop_argument(parser: argparse.ArgumentParser) -> None:
+    """--event-loop: gptrelay's GPTRELAY_EVENT_LOOP in a bench subprocess."""
+    parser.add_argument(
+        "--event-loop", choices=get_args(LoopChoice), default="auto", help="gptrelay's loop (auto: as `run`)"
+    )
+
+
+def run_side(
+    args: argparse.Namespace,
+    gptrelay: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+    floor: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+) -> None:
+    """Run a bench subprocess's bot: gptrelay on `--event-loop`, the floor on asyncio's own loop."""
+    if args.bot == "serve-bot":
+        run_profiled(gptrelay(args), args.profile, args.event_loop)
+    else:
+        run_profiled(floor(args), args.profile)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core_bench import USER_TEXT, Row
-from bench.fakes import ANSWER_CHUNKS, InstantModel, ScheduledModel, run_profiled
+from bench.fakes import ANSWER_CHUNKS, InstantModel, ScheduledModel, add_event_loop_argument, run_side
 from bot.streaming import TYPING_MARKER
 from tests.fakes.telegram_server import DEFAULT_TOKEN, FakeTelegram, FloodRules
 
@@ -173,12 +173,8 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("--first-tokens", help="file to append '<tag> <monotonic time>' per first token")
     parser.add_argument("--log-level", default="INFO", help="gptrelay's log level (INFO: as `run`)")
     parser.add_argument("--profile", help="write cProfile stats of the whole process here")
-    parser.add_argument("--event-loop", default="auto", help="GPTRELAY_EVENT_LOOP (auto: as `run`)")
-    args = parser.parse_args(argv)
-    if args.bot == "serve-bot":
-        run_profiled(_serve_gptrelay(args), args.profile, args.event_loop)
-    else:
-        run_profiled(_serve_floor(args), args.profile)
+    add_event_loop_argument(parser)
+    run_side(parser.parse_args(argv), _serve_gptrelay, _serve_floor)
 
 
 # ---------------------------------------------------------------- the driver side

@@ -365,7 +365,7 @@ class SqliteStore:
         return [InboxEntry(*row) for row in rows]
 
     async def close(self) -> None:
-        """Flush pending turns and release the database."""
+        """Finish pending reads, inbox inserts and turns, then release the database."""
         await self._reads.drain()
         await self._inbox.drain()
         await self._turns.drain()
